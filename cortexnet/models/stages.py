@@ -1,0 +1,295 @@
+"""A ResNet stage, ``h <- h + F(h)`` applied again and again, in three dynamics.
+
+- ``feedforward``: N distinct blocks, each applied once.
+- ``recurrent``: K blocks with shared weights, unrolled ``num_steps`` times.
+- ``ode``: ``dh/dt = F(h, t)`` integrated by torchdiffeq, read out at ``num_steps`` equally spaced
+  times in ``[0, t_end]``.
+
+Every stage starts with the same transition (a block that changes width or resolution, or
+nothing), so the three dynamics differ only in how the residual function is applied.
+"""
+
+# axes: t step, b batch, c channels, h w space
+
+from __future__ import annotations
+
+import logging
+from abc import ABCMeta, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from cortexnet.models.blocks import ResidualBlock
+
+log = logging.getLogger(__name__)
+
+DYNAMICS = ("feedforward", "recurrent", "ode")
+try:  # the solver table is private to torchdiffeq; fall back to its documented names
+    from torchdiffeq._impl.odeint import SOLVERS as _TD_SOLVERS
+
+    SOLVERS = tuple(sorted(_TD_SOLVERS))
+except ImportError:  # pragma: no cover
+    SOLVERS = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "euler", "midpoint", "rk4")
+
+
+class Stage(nn.Module, metaclass=ABCMeta):
+    """Base of the three dynamics: a transition, then steps of a residual update.
+
+    Subclasses implement :meth:`_steps`, which yields the state after every step. ``forward``
+    returns the last state; :meth:`forward_states` stacks them all on a leading time axis.
+    """
+
+    dynamics: str = ""
+
+    def __init__(self, transition: ResidualBlock | None, num_steps: int):
+        super().__init__()
+        _check_steps(num_steps)
+        self.transition = transition
+        self.num_steps = num_steps
+
+    @abstractmethod
+    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
+        """Advance the state ``num_steps`` times; return the state after each step."""
+
+    def _resolve(self, num_steps: int | None) -> int:
+        if num_steps is None:
+            return self.num_steps
+        _check_steps(num_steps)
+        return num_steps
+
+    def forward(self, x: Tensor, num_steps: int | None = None) -> Tensor:  # noqa: D102
+        return self.forward_states(x, num_steps)[-1]
+
+    def forward_states(self, x: Tensor, num_steps: int | None = None) -> Tensor:
+        """Run the stage and return its state after every step.
+
+        Args:
+            x: input of shape (b, c, h, w).
+            num_steps: steps to run instead of the configured ``num_steps``.
+
+        Returns:
+            Tensor of shape (t, b, c, h, w).
+        """
+        h = x if self.transition is None else self.transition(x)
+        return torch.stack(self._steps(h, self._resolve(num_steps)))  # t b c h w
+
+
+def _check_steps(num_steps: int) -> None:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+
+
+def _run_segments(
+    step: Callable[[Tensor, int], Tensor], h: Tensor, num_steps: int, every: int
+) -> list[Tensor]:
+    """Apply ``step`` num_steps times, checkpointing every ``every`` steps when training.
+
+    Only segment boundaries keep activations; the rest is recomputed in the backward pass, so
+    memory grows with num_steps / every instead of num_steps.
+    """
+    states: list[Tensor] = []
+    use_ckpt = every > 0 and torch.is_grad_enabled() and h.requires_grad
+    for start in range(0, num_steps, every if use_ckpt else num_steps):
+        stop = min(num_steps, start + (every if use_ckpt else num_steps))
+
+        def segment(h: Tensor, start: int = start, stop: int = stop) -> tuple[Tensor, ...]:
+            out = []
+            for t in range(start, stop):
+                h = step(h, t)
+                out.append(h)
+            return tuple(out)
+
+        seg = checkpoint(segment, h, use_reentrant=False) if use_ckpt else segment(h)
+        states.extend(seg)
+        h = seg[-1]
+    return states
+
+
+class FeedforwardStage(Stage):
+    """N distinct blocks, each applied once (an ordinary ResNet stage).
+
+    Running fewer steps than blocks truncates the stage (used by lesion and anytime analyses);
+    running more is an error, since there are no weights for the extra blocks.
+    """
+
+    dynamics = "feedforward"
+
+    def __init__(
+        self,
+        transition: ResidualBlock | None,
+        blocks: list[ResidualBlock],
+        checkpoint_every: int = 0,
+    ):
+        super().__init__(transition, max(1, len(blocks)))
+        self.blocks = nn.ModuleList(blocks)
+        self.checkpoint_every = checkpoint_every
+
+    def _resolve(self, num_steps: int | None) -> int:
+        n = super()._resolve(num_steps)
+        if n > len(self.blocks) and len(self.blocks) > 0:
+            raise ValueError(
+                f"a feedforward stage has {len(self.blocks)} blocks and cannot run {n} steps; "
+                "use dynamics=recurrent or ode to run longer"
+            )
+        return n
+
+    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
+        if not self.blocks:  # a stage that is only its transition
+            return [h]
+        return _run_segments(lambda h, t: self.blocks[t](h), h, num_steps, self.checkpoint_every)
+
+
+class RecurrentStage(Stage):
+    """K blocks with shared weights, unrolled ``num_steps`` times (Liao and Poggio 2016).
+
+    With ``recall`` the stage input is concatenated to the state before every step and projected
+    back to the state width by a 3x3 convolution (Bansal et al. 2022), so later steps still see
+    the input; this is what lets a recurrent stage run far past its training horizon.
+
+    Args:
+        transition: block that changes shape before the loop, or None.
+        blocks: the K shared blocks, applied in order at every step.
+        num_steps: default unroll length T.
+        recall: re-inject the stage input at every step.
+        checkpoint_every: keep activations only every this many steps in training (0: all).
+    """
+
+    dynamics = "recurrent"
+
+    def __init__(
+        self,
+        transition: ResidualBlock | None,
+        blocks: list[ResidualBlock],
+        num_steps: int,
+        recall: bool = False,
+        checkpoint_every: int = 0,
+    ):
+        super().__init__(transition, num_steps)
+        if not blocks:
+            raise ValueError("a recurrent stage needs at least one shared block")
+        self.blocks = nn.ModuleList(blocks)
+        width = blocks[0].cin
+        self.recall = nn.Conv2d(2 * width, width, 3, padding=1, bias=False) if recall else None
+        self.checkpoint_every = checkpoint_every
+
+    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
+        x0 = h
+
+        def step(h: Tensor, t: int) -> Tensor:
+            if self.recall is not None:
+                h = self.recall(torch.cat([h, x0], dim=1))
+            for block in self.blocks:
+                h = block(h, t)  # same weights at every step
+            return h
+
+        return _run_segments(step, h, num_steps, self.checkpoint_every)
+
+
+class NFELimitError(RuntimeError):
+    """Raised when an ODE solve needs more function evaluations than ``max_nfe`` allows."""
+
+
+class ODEFunc(nn.Module):
+    """``F(t, h)`` for torchdiffeq: a block's residual branch, conditioned on time.
+
+    Counts its evaluations and stops a solve that exceeds ``max_nfe``: adaptive solvers on a stiff
+    learned field can otherwise take hours on a single batch.
+    """
+
+    def __init__(self, block: ResidualBlock, max_nfe: int = 1000):
+        super().__init__()
+        self.block = block
+        self.max_nfe = max_nfe
+        self.calls = 0
+        self._budget_end = max_nfe
+
+    def forward(self, t: Tensor, h: Tensor) -> Tensor:  # noqa: D102
+        self.calls += 1
+        if self.max_nfe and self.calls > self._budget_end:
+            raise NFELimitError(
+                f"ODE solve exceeded max_nfe={self.max_nfe} function evaluations; raise max_nfe, "
+                "loosen rtol/atol, or use a fixed-step solver (solver=rk4 or euler)"
+            )
+        return self.block.branch(h, t)
+
+
+class ODEStage(Stage):
+    """``dh/dt = F(h, t)`` integrated over time with torchdiffeq (Chen et al. 2018).
+
+    The state is read out at ``num_steps`` equally spaced times ending at ``t_end``; asking for
+    more steps integrates further, with the same spacing, which is the ODE form of running a
+    recurrent stage longer. ``nfe_forward`` and ``nfe_backward`` hold the function evaluations of
+    the last forward and backward pass (the backward count is zero without the adjoint, because
+    autograd then differentiates through the stored forward evaluations instead).
+
+    Differs from Chen et al.: F is a ResNet block's branch (norm, ReLU, convolutions with a time
+    plane) rather than their exact ODE block, and its norm defaults to group norm because batch
+    statistics shift with the solver's evaluation times.
+    """
+
+    dynamics = "ode"
+
+    def __init__(
+        self,
+        transition: ResidualBlock | None,
+        func: nn.Module,
+        num_steps: int = 1,
+        t_end: float = 1.0,
+        solver: str = "rk4",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        step_size: float | None = None,
+        adjoint: bool = False,
+        max_nfe: int = 1000,
+    ):
+        super().__init__(transition, num_steps)
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+        if not t_end > 0:
+            raise ValueError(f"t_end must be > 0, got {t_end}")
+        if step_size is not None and not step_size > 0:
+            raise ValueError(f"step_size must be > 0 or None, got {step_size}")
+        if max_nfe < 0:
+            raise ValueError(f"max_nfe must be >= 0 (0: no cap), got {max_nfe}")
+        self.func = func
+        self.t_end, self.solver, self.rtol, self.atol = t_end, solver, rtol, atol
+        self.step_size, self.adjoint = step_size, adjoint
+        if isinstance(func, ODEFunc):
+            func.max_nfe = max_nfe
+        self.nfe_forward = 0
+        self._calls_after_forward = 0
+
+    @property
+    def nfe_backward(self) -> int:
+        calls = getattr(self.func, "calls", 0)
+        return calls - self._calls_after_forward
+
+    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
+        from torchdiffeq import odeint, odeint_adjoint
+
+        dt = self.t_end / self.num_steps
+        times = torch.arange(num_steps + 1, dtype=h.dtype, device=h.device) * dt
+        options = {"step_size": self.step_size} if self.step_size else None
+        solve = odeint_adjoint if self.adjoint else odeint
+        kwargs = {"adjoint_params": tuple(self.func.parameters())} if self.adjoint else {}
+        count = isinstance(self.func, ODEFunc)
+        if count:
+            self.func.calls = 0
+            self.func._budget_end = self.func.max_nfe
+        out = solve(
+            self.func,
+            h,
+            times,
+            rtol=self.rtol,
+            atol=self.atol,
+            method=self.solver,
+            options=options,
+            **kwargs,
+        )  # (t+1) b c h w
+        if count:
+            self.nfe_forward = self.func.calls
+            self._calls_after_forward = self.func.calls
+            self.func._budget_end = self.func.calls + self.func.max_nfe  # budget for backward
+        return list(out[1:])

@@ -50,80 +50,120 @@ def _check_int(name: str, value: object, minimum: int, meaning: str) -> int:
     return int(value)
 
 
+def _choice_table() -> np.ndarray:
+    """Direction to take for each (free-direction bit mask, r in 0..11), shape (16, 12).
+
+    With r uniform over 12 values, ``table[mask, r]`` is uniform over the set bits of ``mask``,
+    exactly, because 12 is a multiple of 1, 2, 3 and 4. Mask 0 (nowhere to go) maps to 0.
+    """
+    table = np.zeros((16, 12), dtype=np.intp)
+    for mask in range(1, 16):
+        directions = [d for d in range(4) if mask >> d & 1]
+        table[mask] = [directions[r % len(directions)] for r in range(12)]
+    return table
+
+
+_CHOICE = _choice_table()
+
+
 @functools.lru_cache(maxsize=64)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-size lookup tables: neighbours (k, d) and each cell's grid row and column (k,)."""
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-size lookup tables for a grid padded with one ring of border cells.
+
+    Returns:
+        inner (k,): the padded index of each cell; to_cell (padded cells,): the inverse, 0 on
+        the border; row and col (k,): each cell's grid coordinates.
+    """
     k = size * size
+    side = size + 2
     row, col = np.divmod(np.arange(k), size)
-    neighbours = np.full((k, 4), k, dtype=np.intp)  # k is a sentinel cell that is always visited
-    for d, (di, dj) in enumerate(((-1, 0), (1, 0), (0, -1), (0, 1))):
-        r, c = row + di, col + dj
-        inside = (r >= 0) & (r < size) & (c >= 0) & (c < size)
-        neighbours[inside, d] = (r * size + c)[inside]
-    return neighbours, row, col
+    inner = (row + 1) * side + (col + 1)
+    to_cell = np.zeros(side * side, dtype=np.int32)
+    to_cell[inner] = np.arange(k)
+    return inner, to_cell, row, col
 
 
 def _spanning_trees(num: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Randomized depth-first search over ``num`` grids at once.
 
+    The grid is padded with a ring of cells that count as visited, so a cell's neighbours are
+    fixed offsets away and no bounds test is needed; each step reads the four neighbours'
+    "free" flags of every maze's stack top, packs them into a 4-bit mask, and picks a free
+    direction from a table with one random draw per maze.
+
     Returns:
         parent (b, k): each cell's parent in the tree (the root is its own parent), and
-        depth (b, k): its distance from the root in cell steps.
+        root (b,): the cell the search began from.
     """
     k = size * size
-    neighbours, _, _ = _grid(size)
+    side = size + 2
+    padded = side * side
+    inner, to_cell, _, _ = _grid(size)
+    # Small tables keep the random-access reads in cache; int16 holds up to 179 cells a side.
+    cell_t = np.int16 if padded < 2**15 else np.int32
+    step = np.array([-side, side, -1, 1])[_CHOICE].ravel()  # (mask * 12 + r) -> offset
     rows = np.arange(num)
 
-    # Flat (b * (k + 1)) tables, so that every lookup is one take/put on a 1-d index.
-    stride = k + 1
-    base = rows * stride
-    visited = np.zeros(num * stride, dtype=bool)
-    visited[base + k] = True
-    parent = np.zeros(num * stride, dtype=np.intp)
-    depth = np.zeros(num * stride, dtype=np.intp)
-    stack = np.zeros(num * k, dtype=np.intp)
+    # Flat per-maze tables, so every lookup is one take/put on a 1-d index. Cell 0 of each
+    # padded grid is a corner no step can reach; mazes that backtrack write their no-op there.
+    base = rows * padded
+    free = np.zeros((num, side, side), dtype=np.uint8)
+    free[:, 1:-1, 1:-1] = 1
+    free = free.ravel()
+    parent = np.zeros(num * padded, dtype=cell_t)
+    stack_base = rows * (k + 1)
+    scratch = stack_base + k  # one slot past the deepest possible stack
+    stack = np.zeros(num * (k + 1), dtype=cell_t)
     top_at = np.zeros(num, dtype=np.intp)  # stack pointer
 
     root = rng.integers(k, size=num)
-    visited[base + root] = True
-    parent[base + root] = root
-    stack[rows * k] = root
+    free[base + inner[root]] = 0
+    parent[base + inner[root]] = inner[root]
+    stack[stack_base] = inner[root]
 
+    draws_per_block = 64
     pushes_left = num * (k - 1)
+    t = 0
     while pushes_left:
-        top = stack[rows * k + top_at]
-        candidates = neighbours[top]  # b d
-        free = ~visited[base[:, None] + candidates]
-        # A uniform choice among the free directions: the largest of independent uniforms.
-        score = np.where(free, rng.random((num, 4), dtype=np.float32), -1.0)
-        choice = score.argmax(axis=1)
-        push = free[rows, choice]
+        if t % draws_per_block == 0:
+            draws = rng.integers(12, size=(draws_per_block, num), dtype=np.int16)
+        r = draws[t % draws_per_block]
+        t += 1
 
-        # Mazes with nowhere to go backtrack; finished ones stay on their root with an empty
-        # stack, which costs nothing since they never push again.
-        pb = rows[push]
-        new = candidates[pb, choice[push]]
-        old = top[push]
-        visited[base[pb] + new] = True
-        parent[base[pb] + new] = old
-        depth[base[pb] + new] = depth[base[pb] + old] + 1
-        top_at = np.where(push, top_at + 1, np.maximum(top_at - 1, 0))
-        stack[pb * k + top_at[pb]] = new
-        pushes_left -= len(pb)
+        top = stack[stack_base + top_at]
+        at_top = base + top
+        mask = (
+            free[at_top - side]
+            | free[at_top + side] << 1
+            | free[at_top - 1] << 2
+            | free[at_top + 1] << 3
+        )
+        push = mask != 0
+        # Mazes with nowhere to go pop their stack; finished ones stay on an empty stack,
+        # which costs nothing since they never push again.
+        new = np.where(push, top + step[mask * 12 + r], 0)  # mask * 12 + r < 192 fits uint8
+        at_new = base + new
+        free[at_new] = 0
+        parent[at_new] = top
+        top_at = np.maximum(top_at + push * 2 - 1, 0)
+        stack[np.where(push, stack_base + top_at, scratch)] = new
+        pushes_left -= int(np.count_nonzero(push))
 
-    parent = parent.reshape(num, stride)[:, :k]
-    depth = depth.reshape(num, stride)[:, :k]
-    return parent, depth
+    parent = to_cell[parent.reshape(num, padded)[:, inner]]
+    return parent, root
 
 
 def _tree_paths(
-    parent: np.ndarray, depth: np.ndarray, start: np.ndarray, goal: np.ndarray
+    parent: np.ndarray, root: np.ndarray, start: np.ndarray, goal: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The cells on the tree path from start to goal.
+    """The cells on the tree path from start to goal (which must differ).
+
+    The path is the set of cells that are ancestors (inclusive) of exactly one of start and
+    goal, plus the lowest common ancestor, which is the parent of the highest of those cells.
 
     Returns:
         on_path (b, k): cells on the path, and below_meet (b, k): the path's cells other than
-        the lowest common ancestor, each of which reaches the path through its parent.
+        the lowest common ancestor, each of which joins the path through its parent.
     """
     num, k = parent.shape
     rows = np.arange(num)
@@ -133,17 +173,19 @@ def _tree_paths(
     # goal's in the second; the root is its own parent, so rounds after reaching it are no-ops.
     ancestor = np.zeros(2 * num * k, dtype=bool)
     cell = np.concatenate([start, goal])
+    roots = np.concatenate([root, root])
     mark_offset = np.arange(2 * num) * k
     tree_offset = np.concatenate([rows, rows]) * k
-    for _ in range(int(max(depth[rows, start].max(), depth[rows, goal].max())) + 1):
+    for t in range(k):
         ancestor[mark_offset + cell] = True
+        if t % 8 == 7 and np.array_equal(cell, roots):
+            break
         cell = flat_parent[tree_offset + cell]
     ancestor = ancestor.reshape(2, num, k)
 
     below_meet = ancestor[0] ^ ancestor[1]
-    meet = np.where(ancestor[0] & ancestor[1], depth, -1).argmax(axis=1)
     on_path = below_meet.copy()
-    on_path[rows, meet] = True
+    on_path.ravel()[(rows[:, None] * k + parent)[below_meet]] = True
     return on_path, below_meet
 
 
@@ -151,32 +193,32 @@ def _generate(num: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray
     """One chunk of mazes as numpy arrays: inputs (b, c, h, w) float32, targets (b, h, w)."""
     k = size * size
     side = 2 * size + 1
-    _, row, col = _grid(size)
+    _, _, row, col = _grid(size)
     rows = np.arange(num)
 
-    parent, depth = _spanning_trees(num, size, rng)
+    parent, root = _spanning_trees(num, size, rng)
     start = rng.integers(k, size=num)
     goal = (start + rng.integers(1, k, size=num)) % k  # uniform over cells other than start
-    on_path, below_meet = _tree_paths(parent, depth, start, goal)
+    on_path, below_meet = _tree_paths(parent, root, start, goal)
 
-    cell_pixel = (2 * row + 1) * side + (2 * col + 1)  # k
-    # The pixel between a cell and its parent; for the root (its own parent) it is the cell.
-    link_pixel = (row + row[parent] + 1) * side + (col + col[parent] + 1)  # b k
-    offset = (rows * side * side)[:, None]
+    area = side * side
+    cell_pixel = ((2 * row + 1) * side + (2 * col + 1)).astype(np.int32)  # k
+    # The pixel between a cell and its parent is the mean of their flat pixel indices (the
+    # index is linear in row and column); for the root, its own parent, it is the cell itself.
+    link_pixel = (cell_pixel + cell_pixel[parent]) // 2  # b k
 
-    open_ = np.zeros(num * side * side, dtype=np.float32)
-    open_[(offset + cell_pixel).ravel()] = 1.0
-    open_[(offset + link_pixel).ravel()] = 1.0
-    inputs = np.zeros((num, 3, side * side), dtype=np.float32)
-    inputs[:, 0] = open_.reshape(num, side * side)
-    inputs[rows, 1, cell_pixel[start]] = 1.0
-    inputs[rows, 2, cell_pixel[goal]] = 1.0
+    inputs = np.zeros((num, 3, side, side), dtype=np.float32)
+    inputs[:, 0, 1::2, 1::2] = 1.0
+    flat = inputs.reshape(-1)  # a view: writes land in inputs
+    image_at = rows * (3 * area)
+    flat[image_at[:, None] + link_pixel] = 1.0
+    flat[image_at + area + cell_pixel[start]] = 1.0
+    flat[image_at + 2 * area + cell_pixel[goal]] = 1.0
 
-    targets = np.zeros(num * side * side, dtype=np.int64)
-    targets[(offset + cell_pixel)[on_path]] = 1
-    targets[(offset + link_pixel)[below_meet]] = 1
-    shape = (num, side, side)
-    return inputs.reshape(num, 3, side, side), targets.reshape(shape)
+    targets = np.zeros((num, side, side), dtype=np.int64)
+    targets[:, 1::2, 1::2] = on_path.reshape(num, size, size)
+    targets.reshape(-1)[((rows * area)[:, None] + link_pixel)[below_meet]] = 1
+    return inputs, targets
 
 
 def _generate_chunked(num: int, size: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:

@@ -174,17 +174,25 @@ def test_load_mazes_bad_arguments_raise(kwargs, name):
         load_mazes(**(args | kwargs))
 
 
-def test_stream_is_fresh_and_seeded():
-    batches = [b for _, b in zip(range(3), MazeStream(5, 8, seed=2), strict=False)]
-    again = [b for _, b in zip(range(3), MazeStream(5, 8, seed=2), strict=False)]
+@pytest.mark.parametrize("block_size", [1, 20])
+def test_stream_is_fresh_and_seeded(block_size):
+    def take(n):
+        stream = MazeStream(5, 8, seed=2, block_size=block_size)
+        return [next(stream) for _ in range(n)]
+
+    batches, again = take(4), take(4)
     for (x, y), (x2, y2) in zip(batches, again, strict=True):
         assert x.shape == (8, 3, 11, 11) and y.shape == (8, 11, 11)
         assert torch.equal(x, x2) and torch.equal(y, y2)
-    assert not torch.equal(batches[0][0], batches[1][0])
-    first = generate_mazes(8, 5, seed=2)
-    assert torch.equal(batches[0][0], first[0]) and torch.equal(batches[0][1], first[1])
-    for xi, yi in zip(batches[2][0].numpy(), batches[2][1].numpy(), strict=True):
-        check_maze(xi, yi, 5)
+    # Every batch is new, within a block (20 mazes make two batches of 8) and across blocks.
+    firsts = {tuple(x[0, 0].flatten().tolist()) for x, _ in batches}
+    assert len(firsts) == 4
+    block = max(1, block_size // 8) * 8
+    first = generate_mazes(block, 5, seed=2)
+    assert torch.equal(batches[0][0], first[0][:8]) and torch.equal(batches[0][1], first[1][:8])
+    for x, y in batches:
+        for xi, yi in zip(x.numpy(), y.numpy(), strict=True):
+            check_maze(xi, yi, 5)
 
 
 def test_stream_bad_arguments_raise():
@@ -192,6 +200,8 @@ def test_stream_bad_arguments_raise():
         MazeStream(5, 0, seed=0)
     with pytest.raises(ValueError, match="size"):
         MazeStream(1, 4, seed=0)
+    with pytest.raises(ValueError, match="block_size"):
+        MazeStream(5, 4, seed=0, block_size=0)
 
 
 def as_logits(labels: torch.Tensor) -> torch.Tensor:

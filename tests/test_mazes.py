@@ -118,7 +118,21 @@ def test_mazes_in_a_batch_differ():
     assert len(walls) == 64
 
 
-def test_start_goal_and_dfs_root_cover_every_cell():
+def test_wall_choice_is_unbiased():
+    # A 2x2 maze is the 4-cycle of cells minus one wall; with a uniform root and a uniform choice
+    # of direction each wall stays closed a quarter of the time. A search that prefers a
+    # direction would skew this.
+    x, _ = generate_mazes(4000, 2, seed=0)
+    open_ = x[:, 0]
+    closed = torch.stack(
+        [1 - open_[:, 1, 2], 1 - open_[:, 3, 2], 1 - open_[:, 2, 1], 1 - open_[:, 2, 3]]
+    ).sum(dim=1)
+    assert closed.sum() == 4000
+    # About 1000 each, standard deviation about 27.
+    assert ((closed - 1000).abs() < 150).all(), closed
+
+
+def test_start_and_goal_cover_every_cell():
     size = 3
     x, _ = generate_mazes(2000, size, seed=0)
     for channel in (1, 2):

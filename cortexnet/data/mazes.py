@@ -17,6 +17,12 @@ branches, which gives long paths; they are not uniform spanning trees. The DFS r
 cell independent of the start and goal, and the path is read off the tree's parent pointers:
 the cells that are ancestors of exactly one of start and goal, plus their lowest common
 ancestor.
+
+Shortcomings: the mazes a seed gives depend on how many are drawn in one call (draws are made
+per chunk of mazes), so ``generate_mazes(10, n, s)`` is not the first ten of
+``generate_mazes(20, n, s)``. Depth-first mazes are one family only; a network trained on them
+may not transfer to mazes with more branching (e.g. uniform spanning trees). Generation runs
+on the CPU in the calling thread.
 """
 
 from __future__ import annotations
@@ -37,11 +43,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["MazeStream", "exact_solve", "generate_mazes", "load_mazes", "pixel_accuracy"]
 
 # Mazes are generated this many at a time: large enough that numpy's per-call overhead is spread
-# thin, small enough that the per-chunk arrays (a few (chunk, n^2) tables) stay in cache-sized
-# megabytes. The draws depend on it, so changing it changes the mazes a seed gives.
+# thin, small enough that the search's (chunk, n^2) tables stay a few megabytes. The draws depend
+# on it, so changing it changes the mazes a seed gives.
 _CHUNK = 4096
 
-# Offsets added to a load_mazes seed so its training and test sets never share a stream.
+# Stream keys that keep load_mazes' training and test sets apart for the same seed and size.
 _TRAIN, _TEST = 0, 1
 
 

@@ -1,6 +1,7 @@
 """Models: blocks, stems, stages of three dynamics, the ResNet builder and the named registry."""
 
 from cortexnet.models.blocks import BLOCKS, SHORTCUTS
+from cortexnet.models.cortex import CORnetS, CortexNet
 from cortexnet.models.norm import NORMS
 from cortexnet.models.registry import create_model, list_models, model_defaults, register_model
 from cortexnet.models.resnet import ODEOptions, ResNet, count_parameters
@@ -21,6 +22,8 @@ __all__ = [
     "NORMS",
     "SHORTCUTS",
     "SOLVERS",
+    "CORnetS",
+    "CortexNet",
     "FeedforwardStage",
     "NFELimitError",
     "ODEFunc",

@@ -13,12 +13,14 @@ nothing), so the three dynamics differ only in how the residual function is appl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from cortexnet.models.blocks import ResidualBlock
@@ -38,7 +40,8 @@ class Stage(nn.Module, metaclass=ABCMeta):
     """Base of the three dynamics: a transition, then steps of a residual update.
 
     Subclasses implement :meth:`_steps`, which yields the state after every step. ``forward``
-    returns the last state; :meth:`forward_states` stacks them all on a leading time axis.
+    returns the last state and keeps no other state alive (so that activation checkpointing
+    really bounds memory); :meth:`forward_states` stacks them all on a leading time axis.
     """
 
     dynamics: str = ""
@@ -50,8 +53,12 @@ class Stage(nn.Module, metaclass=ABCMeta):
         self.num_steps = num_steps
 
     @abstractmethod
-    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
-        """Advance the state ``num_steps`` times; return the state after each step."""
+    def _steps(self, h: Tensor, num_steps: int, keep_all: bool = True) -> list[Tensor]:
+        """Advance the state ``num_steps`` times.
+
+        Returns the state after each step, or (``keep_all=False``) a list holding only the last
+        one, so that intermediate states can be freed as soon as backprop no longer needs them.
+        """
 
     def _resolve(self, num_steps: int | None) -> int:
         if num_steps is None:
@@ -60,7 +67,8 @@ class Stage(nn.Module, metaclass=ABCMeta):
         return num_steps
 
     def forward(self, x: Tensor, num_steps: int | None = None) -> Tensor:  # noqa: D102
-        return self.forward_states(x, num_steps)[-1]
+        h = x if self.transition is None else self.transition(x)
+        return self._steps(h, self._resolve(num_steps), keep_all=False)[-1]
 
     def forward_states(self, x: Tensor, num_steps: int | None = None) -> Tensor:
         """Run the stage and return its state after every step.
@@ -81,30 +89,84 @@ def _check_steps(num_steps: int) -> None:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
 
 
+@contextlib.contextmanager
+def _frozen_batch_stats(module: nn.Module) -> Iterator[None]:
+    """Leave every batch norm's running statistics in ``module`` as they were on entry.
+
+    Checkpointing recomputes a segment's forward pass during backward; in training mode that
+    would fold each batch's statistics into the running averages a second time (and count the
+    batch twice), so a checkpointed model would silently drift from its plain twin.
+    """
+    saved = [
+        (buf, buf.clone())
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.track_running_stats and m.training
+        for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if buf is not None
+    ]
+    try:
+        yield
+    finally:
+        for buf, value in saved:
+            # Through .data, so the version counter stays put: the recomputed batch-norm calls
+            # saved these buffers for backward, and a version bump would fail autograd's check
+            # although the values they saw were used already.
+            buf.data.copy_(value)
+
+
 def _run_segments(
-    step: Callable[[Tensor, int], Tensor], h: Tensor, num_steps: int, every: int
+    step: Callable[[Tensor, int], Tensor],
+    h: Tensor,
+    num_steps: int,
+    every: int,
+    owner: nn.Module,
+    keep_all: bool = True,
 ) -> list[Tensor]:
-    """Apply ``step`` num_steps times, checkpointing every ``every`` steps when training.
+    """Apply ``step`` num_steps times, checkpointing every ``every`` steps when grads are on.
 
     Only segment boundaries keep activations; the rest is recomputed in the backward pass, so
-    memory grows with num_steps / every instead of num_steps.
+    memory grows with num_steps / every + every instead of num_steps. The recomputation leaves
+    the batch-norm statistics of ``owner`` untouched (see :func:`_frozen_batch_stats`).
+
+    Args:
+        step: ``step(h, t)`` advances the state by step ``t``.
+        h: the initial state.
+        num_steps: steps to run.
+        every: steps per checkpointed segment (0: no checkpointing).
+        owner: the module whose batch norms ``step`` uses.
+        keep_all: return every state; otherwise only the last, so that no segment has to keep
+            its inner states as outputs.
+
+    Returns:
+        The states after every step, or a one-element list with the last.
     """
     states: list[Tensor] = []
-    use_ckpt = every > 0 and torch.is_grad_enabled() and h.requires_grad
-    for start in range(0, num_steps, every if use_ckpt else num_steps):
-        stop = min(num_steps, start + (every if use_ckpt else num_steps))
+    use_ckpt = every > 0 and torch.is_grad_enabled()
+    seg_len = every if use_ckpt else num_steps
+    for start in range(0, num_steps, seg_len):
+        stop = min(num_steps, start + seg_len)
 
         def segment(h: Tensor, start: int = start, stop: int = stop) -> tuple[Tensor, ...]:
             out = []
             for t in range(start, stop):
                 h = step(h, t)
-                out.append(h)
+                if keep_all or t == stop - 1:
+                    out.append(h)
             return tuple(out)
 
-        seg = checkpoint(segment, h, use_reentrant=False) if use_ckpt else segment(h)
-        states.extend(seg)
+        if use_ckpt:
+            seg = checkpoint(
+                segment,
+                h,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), _frozen_batch_stats(owner)),
+            )
+        else:
+            seg = segment(h)
+        if keep_all:
+            states.extend(seg)
         h = seg[-1]
-    return states
+    return states if keep_all else [h]
 
 
 class FeedforwardStage(Stage):
@@ -135,10 +197,12 @@ class FeedforwardStage(Stage):
             )
         return n
 
-    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
+    def _steps(self, h: Tensor, num_steps: int, keep_all: bool = True) -> list[Tensor]:
         if not self.blocks:  # a stage that is only its transition
             return [h]
-        return _run_segments(lambda h, t: self.blocks[t](h), h, num_steps, self.checkpoint_every)
+        return _run_segments(
+            lambda h, t: self.blocks[t](h), h, num_steps, self.checkpoint_every, self, keep_all
+        )
 
 
 class RecurrentStage(Stage):
@@ -174,7 +238,7 @@ class RecurrentStage(Stage):
         self.recall = nn.Conv2d(2 * width, width, 3, padding=1, bias=False) if recall else None
         self.checkpoint_every = checkpoint_every
 
-    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
+    def _steps(self, h: Tensor, num_steps: int, keep_all: bool = True) -> list[Tensor]:
         x0 = h
 
         def step(h: Tensor, t: int) -> Tensor:
@@ -184,7 +248,7 @@ class RecurrentStage(Stage):
                 h = block(h, t)  # same weights at every step
             return h
 
-        return _run_segments(step, h, num_steps, self.checkpoint_every)
+        return _run_segments(step, h, num_steps, self.checkpoint_every, self, keep_all)
 
 
 class NFELimitError(RuntimeError):
@@ -266,7 +330,7 @@ class ODEStage(Stage):
         calls = getattr(self.func, "calls", 0)
         return calls - self._calls_after_forward
 
-    def _steps(self, h: Tensor, num_steps: int) -> list[Tensor]:
+    def _steps(self, h: Tensor, num_steps: int, keep_all: bool = True) -> list[Tensor]:
         from torchdiffeq import odeint, odeint_adjoint
 
         dt = self.t_end / self.num_steps
@@ -292,4 +356,6 @@ class ODEStage(Stage):
             self.nfe_forward = self.func.calls
             self._calls_after_forward = self.func.calls
             self.func._budget_end = self.func.calls + self.func.max_nfe  # budget for backward
+        # The solver returns every readout time in one tensor, so keeping only the last state
+        # would save nothing: a view of it holds the whole solution anyway.
         return list(out[1:])

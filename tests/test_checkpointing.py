@@ -1,0 +1,101 @@
+"""Activation checkpointing: same results as plain backprop, and memory that really shrinks."""
+
+import pytest
+import torch
+from torch.autograd.graph import saved_tensors_hooks
+
+from cortexnet.models import ResNet
+from cortexnet.models.blocks import BasicBlock
+from cortexnet.models.stages import FeedforwardStage, RecurrentStage
+
+torch.set_num_threads(2)
+
+
+def _twins(dynamics: str, norm: str, every: int = 2) -> tuple[ResNet, ResNet]:
+    torch.manual_seed(0)
+    kw = dict(blocks_per_stage=(5, 3), widths=(8, 12), dynamics=dynamics, in_channels=1, norm=norm)
+    plain, ckpt = ResNet(**kw), ResNet(checkpoint_every=every, **kw)
+    ckpt.load_state_dict(plain.state_dict())
+    return plain, ckpt
+
+
+def _train_step(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.train()
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("dynamics", ["feedforward", "recurrent"])
+@pytest.mark.parametrize("norm", ["batch", "step_batch"])
+def test_recompute_does_not_touch_batch_norm_statistics(dynamics, norm):
+    plain, ckpt = _twins(dynamics, norm)
+    x, y = torch.randn(4, 1, 6, 6), torch.randint(0, 10, (4,))
+    for model in (plain, ckpt):
+        _train_step(model, x, y)
+    buffers = dict(plain.named_buffers())
+    assert any("running_mean" in n for n in buffers)
+    for name, value in ckpt.named_buffers():
+        assert torch.equal(value, buffers[name]), name  # bit for bit, counts included
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q, p, msg=name)
+
+
+@pytest.mark.parametrize("dynamics", ["feedforward", "recurrent"])
+def test_checkpointed_states_and_gradients_match(dynamics):
+    plain, ckpt = _twins(dynamics, "batch", every=3)
+    x = torch.randn(4, 1, 6, 6)
+    for model in (plain, ckpt):
+        model.stage_states(x)["stage1"].square().mean().backward()
+    torch.testing.assert_close(ckpt.stage_states(x)["stage1"], plain.stage_states(x)["stage1"])
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_checkpointing_works_on_an_input_without_grad():
+    # A stage used on its own: the input needs no grad but the shared weights do.
+    torch.manual_seed(0)
+    stage = RecurrentStage(None, [BasicBlock(4, 4)], num_steps=6, checkpoint_every=2)
+    stage(torch.randn(2, 4, 5, 5)).sum().backward()
+    assert all(p.grad is not None for p in stage.parameters())
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of distinct storages that autograd saves for backward while ``fn`` runs."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+def test_plain_forward_keeps_only_the_last_state():
+    torch.manual_seed(0)
+    stage = RecurrentStage(None, [BasicBlock(4, 4)], num_steps=16, checkpoint_every=4)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    out = stage(x)
+    # Not a view into a stack of all 16 states, which would keep them all alive.
+    assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
+    ckpt_bytes, _ = _saved_bytes(lambda: stage(x))
+    stage.checkpoint_every = 0
+    plain_bytes, _ = _saved_bytes(lambda: stage(x))
+    state = x.numel() * x.element_size()
+    assert ckpt_bytes <= 5 * state  # the input and the 4 segment boundaries
+    assert ckpt_bytes < plain_bytes / 10
+
+
+def test_feedforward_checkpoint_segment_longer_than_stage():
+    torch.manual_seed(0)
+    blocks = [BasicBlock(4, 4) for _ in range(3)]
+    stage = FeedforwardStage(None, blocks, checkpoint_every=8)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    out = stage(x)
+    stage.checkpoint_every = 0
+    torch.testing.assert_close(out, stage(x))

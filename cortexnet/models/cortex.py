@@ -119,9 +119,10 @@ class CortexNet(nn.Module):
     (V1 reads the stem output, the same at every step), its own state at t - 1 (lateral) and area
     i + 1 at t - 1 (top-down), as described in :class:`Area`. Previous states start at zero, so
     step 0 is an ordinary feedforward pass through all areas; feedback and lateral input act from
-    step 1 on, and information from the top area reaches V1 after one step and returns to the
-    top after as many steps as there are areas below it. The same linear readout (global average
-    pool, linear) reads the top area at every step; ``forward`` returns the last step's logits and
+    step 1 on. Feedback descends one area per step (the top area's state at step 0 reaches the
+    area below at step 1 and V1 at step n - 1, for n areas), and every bottom-up sweep carries the
+    result back to the top within its step. The same linear readout (global average pool, linear)
+    reads the top area at every step; ``forward`` returns the last step's logits and
     ``forward_steps`` all of them.
 
     ``connections`` picks the pattern of Spoerer et al. 2017: ``B`` (bottom-up only), ``BL``
@@ -135,11 +136,11 @@ class CortexNet(nn.Module):
       the area's state is recomputed from its inputs, as in their model.
     - Areas downsample with a strided bottom-up convolution instead of max-pooling, and top-down
       input is a 1x1 projection resized by interpolation, not a transposed convolution.
-    - The readout is taken from the top area at every step with one shared head; they read out
-      at every step too, but the loss weighting over steps is left to the training loop here.
+    - One head reads the top area at every step; how the steps enter the loss is the training
+      loop's choice, not the model's.
     - Norm: ``step_batch`` keeps batch statistics per step with an affine shared by all steps
-      (see :class:`cortexnet.models.norm.StepBatchNorm`); they use per-step batch norm with
-      per-step affine parameters.
+      (see :class:`cortexnet.models.norm.StepBatchNorm`), so the parameter count does not depend
+      on ``num_steps``.
 
     Differences from CORnet-S (Kubilius et al. 2019): every area is recurrent and receives
     top-down input, all areas advance together in time rather than each finishing its own loop,

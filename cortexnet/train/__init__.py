@@ -1,0 +1,1 @@
+"""Training: the Hydra app, the loop, schedules and checkpoints."""

@@ -1,0 +1,5 @@
+"""``python -m cortexnet.train``: see :mod:`cortexnet.train.app`."""
+
+from cortexnet.train.app import main
+
+main()

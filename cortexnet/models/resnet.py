@@ -23,6 +23,7 @@ from cortexnet.models.stages import (
 )
 
 STEMS = ("cifar", "imagenet")
+HEADS = ("classify", "pixel")
 
 
 class Stem(nn.Module):
@@ -91,6 +92,8 @@ class ResNet(nn.Module):
         recall: re-inject each recurrent stage's input at every step.
         checkpoint_every: activation checkpointing interval in steps or blocks (0: off).
         ode: solver settings for ODE stages.
+        head: ``classify`` (average pool, linear: logits (b, k)) or ``pixel`` (two convolutions
+            at full resolution: logits (b, k, h, w), for dense tasks such as mazes).
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class ResNet(nn.Module):
         recall: bool = False,
         checkpoint_every: int = 0,
         ode: ODEOptions | dict | None = None,
+        head: str = "classify",
     ):
         super().__init__()
         n = len(blocks_per_stage)
@@ -173,7 +177,16 @@ class ResNet(nn.Module):
             cin = width
         self.num_features = cin
         self.final_norm = make_norm(_single_step(norm), cin) if self.preact else None
-        self.fc = nn.Linear(cin, num_classes)
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
+        self.head = head
+        if head == "classify":
+            self.fc = nn.Linear(cin, num_classes)
+        else:
+            mid = max(8, cin // 2)
+            self.fc = nn.Sequential(
+                nn.Conv2d(cin, mid, 3, padding=1), nn.ReLU(), nn.Conv2d(mid, num_classes, 1)
+            )
         self._init_weights()
 
     @staticmethod
@@ -241,9 +254,12 @@ class ResNet(nn.Module):
         return x
 
     def forward_head(self, x: Tensor) -> Tensor:
-        """Final norm (pre-activation nets), global average pool and the linear readout."""
+        """Final norm (pre-activation nets), then the readout: (b, k) or, for a pixel head,
+        (b, k, h, w)."""
         if self.final_norm is not None:
             x = F.relu(self.final_norm(x))
+        if self.head == "pixel":
+            return self.fc(x)  # b k h w
         return self.fc(x.mean(dim=(2, 3)))  # b k
 
     def forward(self, x: Tensor, num_steps=None) -> Tensor:
@@ -273,7 +289,7 @@ class ResNet(nn.Module):
                 states = stage.forward_states(x, t)  # t b c h w
                 t_len = states.shape[0]
                 logits = self.forward_head(rearrange(states, "t b c h w -> (t b) c h w"))
-                return rearrange(logits, "(t b) k -> t b k", t=t_len)
+                return logits.reshape(t_len, -1, *logits.shape[1:])  # t b k (h w)
             x = stage(x, t)
         raise AssertionError("unreachable: a model has at least one stage")
 

@@ -13,7 +13,6 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from cortexnet.models import ResNet, create_model
 from cortexnet.tracking import MetricsLog, Tracker, flatten
 from cortexnet.train import checkpoint as ckpt
 from cortexnet.train.config import validate
+from cortexnet.train.fastpath import FastPath
 from cortexnet.train.schedule import build_schedule
 from cortexnet.train.tasks import Task, build_task
 
@@ -106,7 +106,7 @@ def train_epoch(model, task, optimizer, schedule, cfg, device, autocast, epoch: 
     )
     for x, y in bar:
         if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)  # as the weights are
         with autocast:
             steps = _readouts(model, x, cfg.loss)  # t b k
             loss = torch.stack([task.loss(s, x, y) for s in steps]).mean()
@@ -210,11 +210,19 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
     device = pick_device(t.device)
     seed_everything(cfg.seed, t.deterministic)
     task = build_task(cfg.data, t.batch_size, cfg.seed, device)
-    model = build_model(cfg.model, task).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, task)
+    fast = FastPath(
+        channels_last=t.channels_last,
+        compile=t.compile,
+        autocast="bf16" if t.precision == "bf16" else "none",
+        fused_optimizer=t.fused_optimizer,
+        cudnn_benchmark=t.cudnn_benchmark,
+    )
+    fast.configure_backends(device)
+    train_model = fast.apply_model(model, device)  # compiled wrapper when asked; shares weights
     prof = profile_model(model, task.input_size)
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    opt_partial = instantiate(cfg.optim)
+    optimizer = opt_partial(model.parameters(), **fast.optimizer_kwargs(device, opt_partial.func))
     steps_per_epoch = len(task.train)
     s = cfg.schedule
     schedule = build_schedule(
@@ -227,9 +235,7 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
         s.gamma,
         s.min_lr_ratio,
     )
-    use_bf16 = t.precision == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    train_model = torch.compile(model) if t.compile else model
+    autocast = fast.autocast_context(device)
 
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, best, best_epoch, wandb_id = 0, -1.0, 0, None

@@ -1,0 +1,124 @@
+"""Batched, vectorized augmentation and normalization of image tensors.
+
+Both transforms work on a whole batch at once with per-sample random parameters given as
+tensors, so the training loop never runs per-sample Python.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# 'shift' and 'crop' are the same transform, a random translation by up to `pad` pixels whose
+# uncovered border is filled with a constant; the two names are both in common use.
+AUGMENTATIONS = ("none", "shift", "crop", "crop_flip")
+
+
+def check_augment(augment: str) -> str:
+    """Return `augment` if it names a known augmentation.
+
+    Raises:
+        ValueError: naming the bad value and the valid ones.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+    return augment
+
+
+def translate(
+    x: Tensor,
+    top: Tensor,
+    left: Tensor,
+    pad: int,
+    flip: Tensor | None = None,
+    fill: float = 0.0,
+) -> Tensor:
+    """Translate each image of a batch by its own offset, and mirror some of them.
+
+    Each image is padded by `pad` pixels of `fill`, cropped back to h x w with its top-left
+    corner at (top, left) of the padded image, and mirrored left-right where `flip` is true.
+    Done without per-sample work: every output row is a run of w consecutive values of the
+    padded batch, so all b * c * h rows are copied by one `index_select` over a sliding window
+    view (`unfold`) of the flat padded batch.
+
+    Args:
+        x: images, b c h w, any dtype.
+        top: b window corners, in 0..2 pad (pad means no vertical shift).
+        left: b window corners, in 0..2 pad.
+        pad: largest shift in pixels.
+        flip: optional b booleans; true mirrors that image left-right.
+        fill: value of the pixels shifted in from outside the image, in x's units.
+
+    Returns:
+        A new contiguous tensor with x's shape, dtype and device.
+    """
+    b, c, h, w = x.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    samples = torch.arange(b, device=x.device)
+    if flip is not None:
+        # Cropping, then mirroring, equals mirroring, then cropping at the mirrored corner.
+        # Picking from the batch and its mirror image costs far less than torch.where.
+        x = torch.cat([x, x.flip(3)]).index_select(0, samples + b * flip.long())
+        left = torch.where(flip, 2 * pad - left, left)
+    padded = F.pad(x, (pad, pad, pad, pad), value=fill) if pad else x.contiguous()
+    first = samples * (c * hp * wp) + top * wp + left  # b
+    row_starts = (
+        first.view(b, 1, 1)
+        + torch.arange(c, device=x.device).view(1, c, 1) * (hp * wp)
+        + torch.arange(h, device=x.device).view(1, 1, h) * wp
+    )  # b c h
+    windows = padded.view(-1).unfold(0, w, 1)  # every run of w values, without a copy
+    return windows.index_select(0, row_starts.view(-1)).view(b, c, h, w)
+
+
+class Normalize:
+    """Per-channel normalization to float32, applied on the device the batch lives on.
+
+    uint8 input is read as pixels in 0..255 and scaled to 0..1 before `(x - mean) / std`, so
+    `mean` and `std` are in the 0..1 scale in which the published constants are quoted.
+    Floating input is normalized as is. Without mean and std, only the uint8 scaling (if any)
+    and the conversion to float32 are done.
+
+    Args:
+        mean: per-channel means, or None.
+        std: per-channel standard deviations, or None.
+
+    Raises:
+        ValueError: if only one of mean and std is given, their lengths differ, or a std is
+            not positive.
+    """
+
+    def __init__(self, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        if mean is not None and std is not None:
+            if len(mean) != len(std):
+                raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+            if min(std) <= 0:
+                raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        self._cache: dict[tuple[torch.device, bool], tuple[Tensor, Tensor]] = {}
+
+    def _affine(self, device: torch.device, from_uint8: bool) -> tuple[Tensor, Tensor]:
+        key = (device, from_uint8)
+        if key not in self._cache:
+            # Folding the 1/255 into one scale and one bias costs two passes over the batch.
+            unit = 1 / 255 if from_uint8 else 1.0
+            mean = torch.tensor(self.mean or (0.0,), dtype=torch.float64)
+            std = torch.tensor(self.std or (1.0,), dtype=torch.float64)
+            scale = (unit / std).float().view(1, -1, 1, 1).to(device)
+            bias = (-mean / std).float().view(1, -1, 1, 1).to(device)
+            self._cache[key] = (scale, bias)
+        return self._cache[key]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Return x as a new, contiguous, normalized float32 tensor (b c h w) on x's device."""
+        if self.mean is not None and x.shape[1] != len(self.mean):
+            raise ValueError(f"x has {x.shape[1]} channels but mean/std have {len(self.mean)}")
+        # Always a copy, so that the in-place steps below never write into x.
+        out = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        from_uint8 = x.dtype == torch.uint8
+        if self.mean is None and not from_uint8:
+            return out
+        scale, bias = self._affine(x.device, from_uint8)
+        return out.mul_(scale).add_(bias)

@@ -109,6 +109,8 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model (tens of seconds cold on a CPU)
     fused_optimizer: bool = True  # fused optimizer kernel on CUDA, foreach elsewhere
     cudnn_benchmark: bool = True  # let cuDNN pick convolution algorithms (CUDA only)
+    sync_bn: bool = False  # synchronize batch-norm statistics over DDP ranks (GPUs only)
+    handle_signals: bool = True  # SIGUSR2/SIGTERM: finish the batch, write last.pt, then exit
 
 
 @dataclass

@@ -100,8 +100,9 @@ def _task(cfg: DictConfig) -> float | None:
         log.exception("job %s failed", hc.job.num)
         _record_failure(run_dir, f"{type(err).__name__}: {err}")
         return None
-    for line in _result_lines(summary, run_dir):
-        print(line)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        for line in _result_lines(summary, run_dir):
+            print(line)
     return summary["best_acc"]
 
 
@@ -139,6 +140,9 @@ def main() -> None:
     }
     if not any(a.split("=")[0] in hydra_flags for a in args):
         _precheck([a for a in args if not a.startswith("hydra.")])
+    if os.environ.get("RANK", "0") != "0":
+        # torchrun's other ranks write nothing: rank 0's run directory holds the job's record.
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     _task()
 

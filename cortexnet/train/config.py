@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, ListConfig
+from omegaconf import MISSING, ListConfig, OmegaConf
 
 PRECISIONS = ("32", "bf16")
 LOSSES = ("last", "mean")
@@ -160,8 +160,24 @@ class AdamWConfig:
     weight_decay: float = 0.01
 
 
+def pick(key: str, options: dict[str, Any]) -> Any:
+    """The ``pick`` resolver: ``${pick:KEY,{a: ..., b: ...}}`` is the option named KEY.
+
+    With KEY a config-group choice (``${hydra:runtime.choices.model}``) one swept key can set
+    other keys per variant, as conf/experiment/compare_params.yaml does.
+
+    Raises:
+        ConfigError: when KEY is not one of the options.
+    """
+    if key not in options:
+        raise ConfigError(f"pick: {key!r} is not one of the options; valid: {', '.join(options)}")
+    return options[key]
+
+
 def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    """Register the schemas with Hydra's ConfigStore and the ``pick`` resolver (idempotent)."""
+    if not OmegaConf.has_resolver("pick"):
+        OmegaConf.register_new_resolver("pick", pick)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="optim", name="sgd_schema", node=SGDConfig)

@@ -1,0 +1,85 @@
+"""A recurrent stage of T steps against a feedforward stage of N = T blocks: time and parameters.
+
+Both stages apply T basic blocks (the same FLOPs); the recurrent one shares one block's weights
+across all steps, so it has 1/T of the feedforward stage's parameters. A step is forward, a
+mean-square loss, backward and an SGD step, timed in interleaved rounds in one process.
+
+Run (default: about 1 minute on 2 cores)::
+
+    .venv/bin/python benchmarks/recurrent_vs_feedforward.py
+    .venv/bin/python benchmarks/recurrent_vs_feedforward.py --steps 4 8 16 32 --rounds 11
+    .venv/bin/python benchmarks/recurrent_vs_feedforward.py --norm step_batch
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import interleaved, machine_line, table
+
+from cortexnet.models.blocks import BasicBlock
+from cortexnet.models.stages import FeedforwardStage, RecurrentStage
+
+
+def stage_step(stage: torch.nn.Module, x: torch.Tensor):
+    """A closure running one SGD training step of ``stage`` on ``x``."""
+    opt = torch.optim.SGD(stage.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        stage(x).square().mean().backward()
+        opt.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments, time both stages at every T, print the table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--size", type=int, default=16, help="height and width of the state")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--norm", default="batch", choices=["batch", "step_batch", "group", "none"])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(machine_line())
+
+    x = torch.randn(args.batch, args.width, args.size, args.size)
+    rows = []
+    for t in args.steps:
+        torch.manual_seed(0)
+        ff_norm = "batch" if args.norm == "step_batch" else args.norm
+        ff = FeedforwardStage(
+            None, [BasicBlock(args.width, args.width, norm=ff_norm) for _ in range(t)]
+        )
+        rec = RecurrentStage(
+            None, [BasicBlock(args.width, args.width, norm=args.norm, num_steps=t)], num_steps=t
+        )
+        med = interleaved({"ff": stage_step(ff, x), "rec": stage_step(rec, x)}, args.rounds)
+        n_ff = sum(p.numel() for p in ff.parameters())
+        n_rec = sum(p.numel() for p in rec.parameters())
+        rows.append(
+            [
+                t,
+                med["ff"] * 1e3,
+                med["rec"] * 1e3,
+                med["rec"] / med["ff"],
+                n_ff,
+                n_rec,
+                n_rec / n_ff,
+            ]
+        )
+    print(
+        f"width {args.width}, {args.size}x{args.size}, batch {args.batch}, norm {args.norm}, "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    headers = ["T = N", "ff ms", "rec ms", "time rec/ff", "ff params", "rec params", "param ratio"]
+    print(table(rows, headers))
+
+
+if __name__ == "__main__":
+    main()

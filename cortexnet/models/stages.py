@@ -239,16 +239,42 @@ class RecurrentStage(Stage):
         self.checkpoint_every = checkpoint_every
 
     def _steps(self, h: Tensor, num_steps: int, keep_all: bool = True) -> list[Tensor]:
-        x0 = h
+        return self.unroll(h, h, num_steps, keep_all=keep_all)
+
+    def unroll(
+        self,
+        state: Tensor,
+        inputs: Tensor,
+        num_steps: int,
+        start: int = 0,
+        keep_all: bool = True,
+    ) -> list[Tensor]:
+        """Advance a given state, for training schemes that cut the unroll into pieces.
+
+        ``forward`` is ``unroll(h, h, num_steps)`` with ``h`` the transition's output; the
+        progressive loss and truncated backpropagation instead continue from a detached state.
+
+        Args:
+            state: the state to start from (b, c, h, w).
+            inputs: the stage input that recall re-injects (b, c, h, w), usually the state the
+                whole unroll started from.
+            num_steps: steps to run.
+            start: index of the first step, which picks per-step norm statistics.
+            keep_all: return every state; otherwise a one-element list with the last.
+
+        Returns:
+            The states after each step (or only the last).
+        """
+        _check_steps(num_steps)
 
         def step(h: Tensor, t: int) -> Tensor:
             if self.recall is not None:
-                h = self.recall(torch.cat([h, x0], dim=1))
+                h = self.recall(torch.cat([h, inputs], dim=1))
             for block in self.blocks:
-                h = block(h, t)  # same weights at every step
+                h = block(h, start + t)  # same weights at every step
             return h
 
-        return _run_segments(step, h, num_steps, self.checkpoint_every, self, keep_all)
+        return _run_segments(step, state, num_steps, self.checkpoint_every, self, keep_all)
 
 
 class NFELimitError(RuntimeError):

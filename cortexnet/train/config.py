@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, ListConfig, OmegaConf
 
 PRECISIONS = ("32", "bf16")
-LOSSES = ("last", "mean")
+LOSSES = ("last", "mean", "progressive")
 SCHEDULES = ("cosine", "multistep", "constant")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
@@ -98,8 +98,10 @@ class TrainerConfig:
     eval_every: int = 1  # evaluate every this many epochs (and after the last)
     checkpoint_every: int = 1  # write last.pt every this many epochs (and after the last)
     eval_steps: int | None = None  # steps recurrent/ODE models run at evaluation (None: trained)
-    loss: str = "last"  # last: the last step's readout; mean: the mean over every step's readout
+    loss: str = "last"  # last: the last step's readout; mean: the mean over every step's readout;
+    # progressive: Bansal et al. 2022, for a recurrent last stage (cortexnet.train.recurrent)
     progressive_weight: float = 0.5  # weight of the progressive term (loss=progressive)
+    tbptt: int | None = None  # gradient through only the last this many steps (None: all)
     grad_clip: float = 0.0  # clip the gradient norm to this (0: off)
     resume: bool = False  # continue from checkpoints/last.pt in the run directory
     stop_after: int | None = None  # end this process after this many epochs (resume later)
@@ -242,6 +244,7 @@ def validate(cfg: Any) -> None:
         ("trainer.eval_every", t.eval_every, 1),
         ("trainer.checkpoint_every", t.checkpoint_every, 1),
         ("trainer.eval_steps", t.eval_steps, 1),
+        ("trainer.tbptt", t.tbptt, 1),
         ("trainer.stop_after", t.stop_after, 1),
         ("seed", cfg.seed, 0),
     ):
@@ -252,6 +255,11 @@ def validate(cfg: Any) -> None:
     if not 0 <= t.progressive_weight <= 1:
         raise ConfigError(
             f"trainer.progressive_weight={t.progressive_weight} is not valid; it must be in [0, 1]"
+        )
+    if t.tbptt is not None and t.loss == "mean":
+        raise ConfigError(
+            "trainer.tbptt is not valid with trainer.loss=mean (the readouts of the truncated "
+            "steps would carry no gradient); use trainer.loss=last or progressive"
         )
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr} is not valid; it must be > 0")

@@ -25,11 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
+from cortexnet.analysis.curves import plot_anytime
 from cortexnet.analysis.profile import profile_model
 from cortexnet.models import ResNet, create_model
 from cortexnet.tracking import MetricsLog, Tracker, flatten
 from cortexnet.train import checkpoint as ckpt
 from cortexnet.train import distributed as dist
+from cortexnet.train import recurrent
 from cortexnet.train.config import validate
 from cortexnet.train.fastpath import FastPath
 from cortexnet.train.schedule import build_schedule
@@ -133,12 +135,19 @@ def train_epoch(
         disable=None if cfg.progress and env.is_main else True,
         dynamic_ncols=True,
     )
+    scheme = recurrent.RecurrentTraining(cfg.loss, cfg.progressive_weight, cfg.tbptt)
     for x, y in bar:
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)  # as the weights are
         with autocast:
-            steps = _readouts(model, x, cfg.loss)  # t b k
-            loss = torch.stack([task.loss(s, x, y) for s in steps]).mean()
+            if scheme.active:  # progressive loss or truncated backprop of a recurrent stage
+                loss, last_logits = recurrent.training_loss(
+                    model, x, lambda out, x=x, y=y: task.loss(out, x, y), scheme
+                )
+                steps = last_logits[None]  # 1 b k
+            else:
+                steps = _readouts(model, x, cfg.loss)  # t b k
+                loss = torch.stack([task.loss(s, x, y) for s in steps]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -248,6 +257,14 @@ def _curves(metrics: dict[str, Any]) -> dict[str, list[float]]:
     return curves
 
 
+def _draw_curves(curves: dict[str, list[float]], path: Path, model: nn.Module) -> None:
+    # A figure that cannot be drawn must not cost the run its results: they are on disk already.
+    try:
+        plot_anytime(curves, path, recurrent.trained_steps(model), "accuracy against steps")
+    except Exception as err:  # noqa: BLE001
+        log.warning("could not draw %s: %s", path, err)
+
+
 def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> dict:
     """Train and evaluate one configuration; returns the run's summary.
 
@@ -294,6 +311,11 @@ def _run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None, env) ->
     )
     fast.configure_backends(device)
     train_model = fast.apply_model(model, device)  # compiled wrapper when asked; shares weights
+    recurrent.check_model(
+        train_model,
+        recurrent.RecurrentTraining(t.loss, t.progressive_weight, t.tbptt),
+        env.distributed,
+    )
     if env.distributed:
         train_model = dist.DataParallelModel(train_model, env)  # averages gradients over ranks
     prof = profile_model(model, task.input_size)
@@ -461,6 +483,8 @@ def _run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None, env) ->
         if env.is_main:
             text = json.dumps(summary, indent=2, default=str) + "\n"
             (run_dir / "summary.json").write_text(text)
+            if _curves(last):
+                _draw_curves(_curves(last), run_dir / "anytime.png", model)
             if exit_code == 0 and not stop.requested and "stopped_at_epoch" not in summary:
                 marker.unlink(missing_ok=True)
     dist.barrier(env)

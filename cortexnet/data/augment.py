@@ -38,9 +38,6 @@ def translate(
 
     Each image is padded by `pad` pixels of `fill`, cropped back to h x w with its top-left
     corner at (top, left) of the padded image, and mirrored left-right where `flip` is true.
-    Done without per-sample work: every output row is a run of w consecutive values of the
-    padded batch, so all b * c * h rows are copied by one `index_select` over a sliding window
-    view (`unfold`) of the flat padded batch.
 
     Args:
         x: images, b c h w, any dtype.
@@ -53,26 +50,62 @@ def translate(
     Returns:
         A new contiguous tensor with x's shape, dtype and device.
     """
-    b, c, h, w = x.shape
-    hp, wp = h + 2 * pad, w + 2 * pad
-    samples = torch.arange(b, device=x.device)
     if flip is not None:
-        # Cropping, then mirroring, equals mirroring, then cropping at the mirrored corner.
         # Picking from the batch and its mirror image costs far less than torch.where.
-        x = torch.cat([x, x.flip(3)]).index_select(0, samples + b * flip.long())
+        b = len(x)
+        x = torch.cat([x, x.flip(3)]).index_select(0, torch.arange(b, device=x.device) + b * flip)
+    return crop_padded(x, window_offsets(top, left, flip, pad, x.shape[3]), pad, fill)
+
+
+def window_offsets(top: Tensor, left: Tensor, flip: Tensor | None, pad: int, width: int) -> Tensor:
+    """Offsets of crop windows in padded images, for `crop_padded`.
+
+    Args:
+        top: window corners, in 0..2 pad.
+        left: window corners, in 0..2 pad, before any mirroring.
+        flip: optional booleans; true for an image that is mirrored before it is cropped.
+        pad: padding on each side.
+        width: image width before padding.
+
+    Returns:
+        top * (width + 2 pad) + left, with left mirrored to 2 pad - left where flip is true:
+        cropping and then mirroring equals mirroring and then cropping at the mirrored corner.
+    """
+    if flip is not None:
         left = torch.where(flip, 2 * pad - left, left)
+    return top * (width + 2 * pad) + left
+
+
+def crop_padded(x: Tensor, offsets: Tensor, pad: int, fill: float = 0.0) -> Tensor:
+    """Pad each image by `pad` pixels of `fill` and crop it back to h x w at its offset.
+
+    Done without per-sample work: every output row is a run of w consecutive values of the
+    padded batch, so all b * c * h rows are copied by one `index_select` over a sliding window
+    view (`unfold`) of the flat padded batch.
+
+    Args:
+        x: images, b c h w, any dtype.
+        offsets: b window offsets from `window_offsets`.
+        pad: padding on each side.
+        fill: value of the padding, in x's units.
+
+    Returns:
+        A new contiguous tensor with x's shape, dtype and device.
+    """
+    b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), value=fill) if pad else x.contiguous()
-    first = samples * (c * hp * wp) + top * wp + left  # b
-    row_starts = first[:, None] + _row_offsets(c, h, hp * wp, wp, x.device)  # b (c h)
+    starts = offsets[:, None] + _row_offsets(b, c, h, h + 2 * pad, w + 2 * pad, x.device)
     windows = padded.view(-1).unfold(0, w, 1)  # every run of w values, without a copy
-    return windows.index_select(0, row_starts.view(-1)).view(b, c, h, w)
+    return windows.index_select(0, starts.view(-1)).view(b, c, h, w)
 
 
 @functools.lru_cache(maxsize=16)
-def _row_offsets(c: int, h: int, plane: int, row: int, device: torch.device) -> Tensor:
-    """Where each row of each channel starts, relative to the image's first value: c h."""
-    channels = torch.arange(c, device=device)[:, None] * plane
-    return (channels + torch.arange(h, device=device)[None, :] * row).view(-1)
+def _row_offsets(b: int, c: int, h: int, hp: int, wp: int, device: torch.device) -> Tensor:
+    """Where row i of channel k of image j of a padded batch starts: b (c h)."""
+    images = torch.arange(b, device=device).view(b, 1, 1) * (c * hp * wp)
+    channels = torch.arange(c, device=device).view(1, c, 1) * (hp * wp)
+    rows = torch.arange(h, device=device).view(1, 1, h) * wp
+    return (images + channels + rows).view(b, c * h)
 
 
 class Normalize:

@@ -114,11 +114,14 @@ class InMemoryLoader:
             raise ValueError(f"fill must be a whole number for {x.dtype} images, got {fill}")
         self.augment = check_augment(augment)
         self.device = torch.device(device) if device is not None else x.device
-        self.x = x.to(self.device)
-        # crop_flip keeps a mirrored copy next to the images, so that a flipped sample is
-        # simply picked from there: mirroring half of every batch instead costs more than
-        # all the rest of the augmentation.
-        self._images = torch.cat([self.x, self.x.flip(3)]) if augment == "crop_flip" else self.x
+        x = x.to(self.device)
+        if augment == "crop_flip":
+            # A mirrored copy next to the images makes a flipped sample a plain lookup:
+            # mirroring half of every batch instead costs more than the rest of the work.
+            self._images = torch.cat([x, x.flip(3)])
+            self.x = self._images[: len(x)]  # a view, not a third copy
+        else:
+            self._images = self.x = x
         self.num_samples = len(x)
         self.y = y.to(self.device)
         self.batch_size = batch_size

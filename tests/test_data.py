@@ -399,6 +399,14 @@ def server(tmp_path):
     class Handler(_QuietHandler):
         def do_GET(self):
             asked.append(self.path)
+            if self.path.endswith(".cut"):
+                # Promise more than is sent, then hang up: a download broken off midway.
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                self.wfile.write(b"x" * 1000)
+                self.close_connection = True
+                return
             super().do_GET()
 
     httpd = http.server.ThreadingHTTPServer(
@@ -494,6 +502,19 @@ def test_download_404_gives_one_line(tmp_path, server, monkeypatch):
     message = one_line_error(excinfo)
     assert "404" in message and "cifar-100-python.tar.gz" in message
     assert not root.exists() or all_files(root) == []
+
+
+def test_download_broken_off_leaves_nothing(tmp_path, server, monkeypatch):
+    url, served, asked = server
+    publish(monkeypatch, "cifar10", {"cifar-10-python.tar.gz.cut": b"x"}, served)
+    root = tmp_path / "data"
+    with pytest.raises(DatasetError) as excinfo:
+        download_module.download_dataset("cifar10", root, mirror=url)
+    message = one_line_error(excinfo)
+    assert "closed after 1000 of 100000 bytes" in message and asked == [
+        "/cifar-10-python.tar.gz.cut"
+    ]
+    assert not root.exists()
 
 
 def test_download_replaces_a_corrupt_archive(tmp_path, server, monkeypatch):

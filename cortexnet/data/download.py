@@ -12,6 +12,7 @@ from one rank, or beforehand, to save the bandwidth.
 """
 
 import hashlib
+import http.client
 import logging
 import os
 import tempfile
@@ -114,9 +115,14 @@ def _fetch(url: str, folder: Path, timeout: float) -> tuple[Path, str]:
     digest = hashlib.md5(usedforsecurity=False)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            promised, received = response.headers.get("Content-Length"), 0
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
+                received += len(chunk)
+        # A connection that ends early reads as a short body, not as an error.
+        if promised is not None and int(promised) != received:
+            raise ConnectionError(f"connection closed after {received} of {promised} bytes")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -191,8 +197,9 @@ def _fetch_verified(
         logger.info("%s: downloading %s", name, url)
         try:
             tmp, got = _fetch(url, folder, timeout)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            # HTTPError is a URLError; ValueError covers a malformed mirror URL.
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            # HTTPError is a URLError, a short body a ConnectionError; HTTPException covers a
+            # malformed response, ValueError a malformed mirror URL.
             failure = f"download of {url} failed ({_one_line(e)})"
             logger.warning("%s: %s", name, failure)
             continue

@@ -183,6 +183,7 @@ def test_signal_mid_epoch_checkpoints_and_a_rerun_resumes_exactly(
     assert not (part / "preempted.json").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_training_process_then_a_rerun_resumes(compose_cfg, tmp_path):
     overrides = ["model=recurrent", *SMALL, "trainer.epochs=8"]
     run_dir = tmp_path / "run"

@@ -39,7 +39,6 @@ def test_report_table_holds_the_runs_numbers(basic_sweep, tmp_path, capsys):  # 
         expected = statistics.fmean(s["images_per_s"] for s in done)
         assert float(row["images_per_s"]) == pytest.approx(expected)
         assert f"| model={model} | 2 | 1 | {done[0]['params']:,} |" in printed
-    assert rows["model=feedforward"]["params"] != rows["model=recurrent"]["params"]
     assert (out / "table.md").read_text() in printed
     for name in ("acc_vs_params.png", "acc_vs_flops.png", "acc_vs_steps.png"):
         data = (out / name).read_bytes()

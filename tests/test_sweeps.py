@@ -46,10 +46,23 @@ def wandb_run_record(run_dir: Path) -> dict:
     return runs[0]
 
 
+_SWEEPS: dict[Path, tuple[Path, subprocess.CompletedProcess]] = {}
+
+
 @pytest.fixture(scope="session")
 def basic_sweep(tmp_path_factory):
-    """Six jobs with the basic launcher: two models, seeds 0 and 1, and a bad seed (-1)."""
-    sweep = tmp_path_factory.mktemp("sweeps") / "basic"
+    """Six jobs with the basic launcher: two models, seeds 0 and 1, and a bad seed (-1).
+
+    Run once per session, also for the modules that import this fixture (whose copies of it
+    would otherwise run the sweep again).
+    """
+    root = tmp_path_factory.getbasetemp()
+    if root not in _SWEEPS:
+        _SWEEPS[root] = _run_basic_sweep(root / "sweeps" / "basic")
+    return _SWEEPS[root]
+
+
+def _run_basic_sweep(sweep: Path) -> tuple[Path, subprocess.CompletedProcess]:
     proc = train(
         "-m",
         "model=feedforward,recurrent",
@@ -106,9 +119,15 @@ def test_submitit_local_launcher_runs_two_jobs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
     assert all(0.1 < s["final_acc"] <= 1 for s in summaries)
-    assert summaries[0]["params"] != summaries[1]["params"]  # feedforward, then recurrent
+    choices = [
+        yaml.safe_load((sweep / str(i) / ".hydra" / "hydra.yaml").read_text())["hydra"]["runtime"][
+            "choices"
+        ]["model"]
+        for i in (0, 1)
+    ]
+    assert choices == ["feedforward", "recurrent"]
     # Each job ran in its own submitit process, which left its log and its result pickle.
-    job_dirs = [d for d in (sweep / ".submitit").iterdir() if d.is_dir()]
+    job_dirs = [d for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]  # job ids
     assert len(job_dirs) == 2
     for d in job_dirs:
         assert list(d.glob("*_result.pkl")), list(d.iterdir())
@@ -120,7 +139,7 @@ def test_optuna_search_runs_two_trials_and_keeps_the_best(tmp_path):
     proc = train(
         "-m",
         "+experiment=search",
-        *SMALL,
+        *[o for o in SMALL if not o.startswith("model.widths=")],  # searched below
         "logger=none",
         "hydra.sweeper.n_trials=2",
         "model.widths=choice('[4,8]','[8,16]')",  # replaces the preset's (larger) choices

@@ -57,6 +57,7 @@ class Run:
     path: Path
     overrides: list[str]
     model: str | None
+    dynamics: list[str] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     error: str | None = None
     variant: str = ""
@@ -115,7 +116,12 @@ def _read_run(path: Path) -> Run | None:
     if (hydra_dir / "hydra.yaml").exists():
         hydra_cfg = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()) or {}
         model = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {}).get("model")
-    run = Run(path, overrides, model)
+    dynamics: Any = None
+    if (hydra_dir / "config.yaml").exists():
+        cfg = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
+        dynamics = (cfg.get("model") or {}).get("dynamics")
+    dynamics = dynamics if isinstance(dynamics, list) else [dynamics or model or ""]
+    run = Run(path, overrides, model, [str(d) for d in dynamics])
     if (path / "failed.json").exists():
         run.error = json.loads((path / "failed.json").read_text()).get("error", "failed")
     elif (path / "preempted.json").exists():
@@ -266,7 +272,7 @@ def plot(variants: list[Variant], out: Path) -> list[Path]:
     for i, (v, _) in enumerate(rows):
         for j, r in enumerate(v.done):
             curve = (r.summary.get("anytime") or {}).get("val")
-            if not curve or len(curve) < 2:  # feedforward runs have a single readout
+            if not curve or not {"recurrent", "ode"} & set(r.dynamics):
                 continue
             steps = range(1, len(curve) + 1)
             ax.plot(

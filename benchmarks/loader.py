@@ -1,17 +1,22 @@
 """Throughput of InMemoryLoader against a per-sample torch DataLoader, CIFAR-shaped data.
 
 Run:
-    .venv/bin/python benchmarks/loader.py                 # 10000 images, 7 rounds, batch 128
+    .venv/bin/python benchmarks/loader.py --threads 1     # 10000 images, 7 rounds, batch 128
     .venv/bin/python benchmarks/loader.py --images 50000 --rounds 5 --device cuda
 
 Both sides do the same work on random uint8 images of shape 3x32x32: pad 4 with zeros, a
 random 32x32 crop, a random horizontal flip, conversion to float and per-channel
 normalization. The per-sample side does it in `Dataset.__getitem__` one image at a time and
-lets the DataLoader collate batches, with 0 and with 2 worker processes; InMemoryLoader does
-it on whole batches. One round is one full epoch of each contender, in turn (interleaved, so
-drifts in machine load hit all of them alike); the first round is a warm-up and is not
-counted. Prints the median images per second of each and the ratio of InMemoryLoader's
-median to each per-sample median.
+lets the DataLoader collate batches, with 0 and with 2 worker processes (started for each
+epoch, the DataLoader default); InMemoryLoader does it on whole batches, on `--device`.
+One round is one full epoch of each contender, in turn (interleaved, so drifts in machine
+load hit all of them alike); the first round is a warm-up and is not counted.
+
+Prints, per contender, the median images per second and the median CPU time per image
+(this process's threads plus its reaped worker processes), and the ratios. The CPU time is
+the steadier figure on a shared machine. There, more than one torch thread can make the
+in-memory loader far slower (its threads wait for each other on busy cores), hence
+`--threads 1` for CPU runs.
 """
 
 import argparse

@@ -279,3 +279,14 @@ def test_profile_reports_flops_of_a_known_conv():
     assert prof["flops"] == convs + 2 * 4 * 2
     assert prof["params"] == count_parameters(model)
     assert math.isclose(prof["macs"], prof["flops"] / 2)
+
+
+def test_ode_stage_output_reaches_a_pooled_head():
+    # With one channel per group the branch would have zero spatial mean and the average-pool
+    # head could not see how long the stage integrated.
+    torch.manual_seed(0)
+    model = ResNet((2,), (16,), dynamics="ode", num_steps=2, in_channels=1).eval()
+    x = torch.randn(2, 1, 6, 6)
+    short = model(x)
+    model.stages["stage1"].t_end = 4.0
+    assert not torch.allclose(short, model(x), atol=1e-4)

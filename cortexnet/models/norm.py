@@ -23,10 +23,14 @@ class BatchNorm(nn.BatchNorm2d):
 
 
 class GroupNorm(nn.GroupNorm):
-    """Group norm with up to 32 groups (the largest divisor of the width that is at most 32)."""
+    """Group norm with at least two channels per group and at most 32 groups.
+
+    One channel per group would be instance norm, which removes each channel's spatial mean: a
+    residual branch ending in it then adds nothing that a global average pool can see.
+    """
 
     def __init__(self, channels: int):
-        super().__init__(math.gcd(32, channels), channels)
+        super().__init__(math.gcd(32, max(1, channels // 2)), channels)
 
     def forward(self, x: Tensor, t: int = 0) -> Tensor:  # noqa: D102
         return super().forward(x)

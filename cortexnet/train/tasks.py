@@ -65,13 +65,21 @@ class Task:
 class MazeEpochs:
     """Fresh mazes in every batch; an epoch is a fixed number of batches.
 
-    The batches of epoch e come from a stream seeded by (seed, e), so a resumed run draws the
-    same mazes as an uninterrupted one.
+    The batches of epoch e come from a stream seeded by (seed, e, rank), so a resumed run draws
+    the same mazes as an uninterrupted one, and ranks of a distributed run draw different ones.
     """
 
-    def __init__(self, size: int, batch_size: int, batches: int, seed: int, device: torch.device):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        batches: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+    ):
         self.size, self.batch_size, self.batches = size, batch_size, batches
-        self.seed, self.device, self.epoch = seed, device, 0
+        self.seed, self.device, self.epoch, self.rank = seed, device, 0, rank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -82,7 +90,10 @@ class MazeEpochs:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         from cortexnet.data.mazes import MazeStream
 
-        stream = MazeStream(self.size, self.batch_size, seed=self.seed * 100_003 + self.epoch)
+        seed = self.seed * 100_003 + self.epoch
+        if self.rank:  # rank 0 keeps the single-process stream
+            seed = seed * 1_009 + self.rank
+        stream = MazeStream(self.size, self.batch_size, seed=seed)
         for _ in range(self.batches):
             x, y = next(stream)
             yield x.to(self.device), y.to(self.device)
@@ -111,7 +122,7 @@ def build_task(
             EvalSet(f"maze{s}", _batches(x, y, batch_size, device)) for s, (x, y) in tests.items()
         ]
         train = MazeEpochs(
-            data_cfg.train_size, batch_size, data_cfg.batches_per_epoch, seed, device
+            data_cfg.train_size, batch_size, data_cfg.batches_per_epoch, seed, device, rank
         )
         n = 2 * data_cfg.train_size + 1
         return Task("pixel", 3, 2, train, evals, (3, n, n))

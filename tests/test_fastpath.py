@@ -1,6 +1,5 @@
 """The fast path: each setting keeps the model's results and its options are validated."""
 
-import os
 
 import pytest
 import torch
@@ -102,13 +101,8 @@ def test_bad_settings_raise_value_error(kwargs, match):
         FastPath(**kwargs)
 
 
-# Compiling takes over a minute cold on two cores: opt in with CORTEXNET_SLOW_TESTS=1 (or -m slow
-# once the suite deselects slow tests by default).
+# Compiling takes over a minute cold on two cores, so it runs only with: pytest -m slow
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("CORTEXNET_SLOW_TESTS"),
-    reason="slow: set CORTEXNET_SLOW_TESTS=1",
-)
 def test_compiled_model_matches_eager(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     x, y = torch.randn(4, 3, 12, 12), torch.randint(0, 5, (4,))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from cortexnet.models.norm import NORMS, make_norm
 from cortexnet.models.registry import register_model
-from cortexnet.models.resnet import STEMS, ResNet, Stem
+from cortexnet.models.resnet import STEMS, ResNet, Stem, init_weights
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class CortexNet(nn.Module):
             cin = width
         self.num_features = widths[-1]
         self.fc = nn.Linear(widths[-1], num_classes)
-        self._init_weights()
+        init_weights(self)
         log.debug(
             "CortexNet areas %s, widths %s, strides %s, connections %s, %d steps",
             names,
@@ -225,14 +225,6 @@ class CortexNet(nn.Module):
             connections,
             num_steps,
         )
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def _resolve(self, num_steps: int | None) -> int:
         if num_steps is None:

@@ -187,7 +187,7 @@ class ResNet(nn.Module):
             self.fc = nn.Sequential(
                 nn.Conv2d(cin, mid, 3, padding=1), nn.ReLU(), nn.Conv2d(mid, num_classes, 1)
             )
-        self._init_weights()
+        init_weights(self)
 
     @staticmethod
     def _stage(
@@ -231,14 +231,6 @@ class ResNet(nn.Module):
             ode.adjoint,
             ode.max_nfe,
         )
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def _steps_for(self, num_steps) -> list[int | None]:
         """An int overrides every recurrent and ODE stage; a sequence gives one per stage."""
@@ -312,6 +304,16 @@ class ResNet(nn.Module):
                 stage.num_steps = num_steps
             elif isinstance(stage, RecurrentStage):
                 stage.num_steps = num_steps
+
+
+def init_weights(model: nn.Module) -> None:
+    """He initialization of convolutions (fan-out), unit scale and zero shift of norms."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 def _single_step(norm: str) -> str:

@@ -277,6 +277,8 @@ class StopSignal:
         self.enabled = enabled
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        # Kept after restore(): the loop restores the handlers before it hands the signal on.
+        self._before: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignal:
         self.install()
@@ -295,6 +297,7 @@ class StopSignal:
         for name in STOP_SIGNALS:
             num = getattr(signal, name)
             self._previous[num] = signal.signal(num, self._catch)
+        self._before = dict(self._previous)
         return self
 
     def restore(self) -> None:
@@ -324,7 +327,7 @@ class StopSignal:
         if self.signum is None:
             return
         signum = self.signum
-        previous = self._previous.get(signum)
+        previous = self._before.get(signum)
         self.restore()
         if callable(previous):
             previous(signum, None)

@@ -1,6 +1,5 @@
 """The fast path: each setting keeps the model's results and its options are validated."""
 
-
 import pytest
 import torch
 

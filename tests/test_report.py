@@ -5,7 +5,7 @@ import json
 import statistics
 
 import pytest
-from test_sweeps import basic_sweep  # noqa: F401  (the session's multirun, shared)
+from test_sweeps import basic_sweep  # noqa: F401  (one multirun shared by the test run)
 
 from cortexnet.analysis import report
 

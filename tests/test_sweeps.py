@@ -53,7 +53,7 @@ _SWEEPS: dict[Path, tuple[Path, subprocess.CompletedProcess]] = {}
 def basic_sweep(tmp_path_factory):
     """Six jobs with the basic launcher: two models, seeds 0 and 1, and a bad seed (-1).
 
-    Run once per session, also for the modules that import this fixture (whose copies of it
+    Run once per pytest run, also for the modules that import this fixture (whose copies of it
     would otherwise run the sweep again).
     """
     root = tmp_path_factory.getbasetemp()

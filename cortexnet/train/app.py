@@ -58,17 +58,26 @@ def _precheck(overrides: list[str]) -> None:
         raise SystemExit(2) from None
 
 
+def _shown(path: str | Path) -> str:
+    # Paths under the working directory are shown relative to it: shorter, and copy-pastable.
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _result_lines(summary: dict, run_dir: Path) -> list[str]:
     lines = [
         f"accuracy {summary['final_acc']:.4f} (best {summary['best_acc']:.4f} at epoch "
         f"{summary['best_epoch']}), {summary['params']:,} parameters, "
         f"{summary['images_per_s']:.0f} images/s, {summary['wall_s']:.1f} s",
-        f"run directory: {run_dir}",
+        f"run directory: {_shown(run_dir)}",
     ]
     if summary.get("wandb_dir"):
-        lines.append(f"wandb ({summary['wandb_mode']}): {summary['wandb_dir']}")
+        lines.append(f"wandb ({summary['wandb_mode']}): {_shown(summary['wandb_dir'])}")
         if summary["wandb_mode"] == "offline":
-            lines.append(f"upload it with: wandb sync {summary['wandb_dir']}")
+            lines.append(f"upload it with: wandb sync {_shown(summary['wandb_dir'])}")
     return lines
 
 

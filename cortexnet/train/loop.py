@@ -112,7 +112,11 @@ def train_epoch(
     running sums, from which a resumed run continues the same epoch (``partial``).
     """
     env = env or dist.DistEnv(device=device)
-    partial = partial or {}
+    partial = dict(partial or {})
+    if env.rank != 0:
+        # The saved sums already cover every rank; only rank 0 carries them on, so the
+        # all-reduce at the end of the epoch counts them once.
+        partial.update(loss_sum=0.0, correct=0.0, seen=0, nfe_backward=0)
     model.train()
     task.train.set_epoch(epoch)
     total_loss = torch.full((), partial.get("loss_sum", 0.0), device=device)

@@ -34,8 +34,11 @@ def interleaved(
         for fn in contenders.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
+    order = list(contenders.items())
+    for r in range(rounds):
+        # Alternate the order (A B, B A, ...): whichever runs right after another contender pays
+        # for the switch (allocator, caches), and a fixed order would always bill the same one.
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

@@ -138,10 +138,6 @@ class Tracker:
             self._fail("start", err)
 
     @property
-    def active(self) -> bool:
-        return self.run is not None
-
-    @property
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 

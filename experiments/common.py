@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -136,3 +137,42 @@ def data_name(args: argparse.Namespace) -> str:
 def pct(acc: float) -> str:
     """Accuracy as a test error in percent."""
     return f"{100 * (1 - acc):.1f}%"
+
+
+def run_presets(out: Path, presets: dict[str, str], overrides: list[str]) -> dict[str, float]:
+    """Train each ``+experiment=`` preset in a process of its own, into ``out/<name>``.
+
+    Returns:
+        name -> wall-clock seconds of that run.
+    """
+    seconds = {}
+    for name, experiment in presets.items():
+        began = time.perf_counter()
+        cmd = [
+            sys.executable,
+            "-m",
+            "cortexnet.train",
+            f"+experiment={experiment}",
+            f"out_dir={out / name}",
+            *overrides,
+        ]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        seconds[name] = time.perf_counter() - began
+    return seconds
+
+
+def load_summaries(out: Path, names: list[str] | tuple[str, ...]) -> dict[str, dict]:
+    """The ``summary.json`` of each run ``out/<name>``; exits with one line if one is missing."""
+    summaries = {}
+    for name in names:
+        path = out / name / "summary.json"
+        if not path.exists():
+            raise SystemExit(f"no {path}: train first (drop --report)")
+        summaries[name] = json.loads(path.read_text())
+    return summaries
+
+
+def preset_steps(experiment: str) -> int:
+    """The training unroll (model.num_steps) of an experiment preset."""
+    return int(compose([f"+experiment={experiment}"]).model.num_steps)

@@ -11,36 +11,11 @@ and draws both curves into one figure.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
+from common import load_summaries, preset_steps, run_presets
+
 PATTERNS = ("b", "blt")
-
-
-def train(out: Path, overrides: list[str]) -> None:
-    for pattern in PATTERNS:
-        cmd = [
-            sys.executable,
-            "-m",
-            "cortexnet.train",
-            f"+experiment=cortex_{pattern}",
-            f"out_dir={out / pattern}",
-            *overrides,
-        ]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-
-
-def load(out: Path) -> dict[str, dict]:
-    summaries = {}
-    for pattern in PATTERNS:
-        path = out / pattern / "summary.json"
-        if not path.exists():
-            raise SystemExit(f"no {path}: train first (drop --report)")
-        summaries[pattern] = json.loads(path.read_text())
-    return summaries
 
 
 def report(summaries: dict[str, dict]) -> str:
@@ -82,16 +57,6 @@ def draw(summaries: dict[str, dict], path: Path, trained: int) -> None:
     print(f"figure: {path}")
 
 
-def trained_steps() -> int:
-    """The presets' training unroll, read from the composed config."""
-    from hydra import compose, initialize_config_dir
-
-    from cortexnet.train.app import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return int(compose("config", ["+experiment=cortex_blt"]).model.num_steps)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/cortex"), help="runs go here")
@@ -99,10 +64,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for both runs")
     args = parser.parse_args()
     if not args.report:
-        train(args.out, args.overrides)
-    summaries = load(args.out)
+        run_presets(args.out, {p: f"cortex_{p}" for p in PATTERNS}, args.overrides)
+    summaries = load_summaries(args.out, PATTERNS)
     print(report(summaries))
-    draw(summaries, args.out / "cortex_anytime.png", trained_steps())
+    draw(summaries, args.out / "cortex_anytime.png", preset_steps("cortex_blt"))
 
 
 if __name__ == "__main__":

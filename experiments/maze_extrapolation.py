@@ -15,52 +15,11 @@ Each run writes its own ``summary.json`` and ``anytime.png`` in ``<out>/<model>`
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+from common import load_summaries, preset_steps, run_presets
+
 MODELS = ("recurrent", "feedforward")
-
-
-def train(out: Path, overrides: list[str]) -> dict[str, float]:
-    """Train both models through the app; returns their wall-clock seconds."""
-    seconds = {}
-    for model in MODELS:
-        began = time.perf_counter()
-        cmd = [
-            sys.executable,
-            "-m",
-            "cortexnet.train",
-            f"+experiment=maze_{model}",
-            f"out_dir={out / model}",
-            *overrides,
-        ]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-        seconds[model] = time.perf_counter() - began
-    return seconds
-
-
-def load(out: Path) -> dict[str, dict]:
-    summaries = {}
-    for model in MODELS:
-        path = out / model / "summary.json"
-        if not path.exists():
-            raise SystemExit(f"no {path}: train first (drop --report)")
-        summaries[model] = json.loads(path.read_text())
-    return summaries
-
-
-def trained_steps() -> int:
-    """The recurrent preset's training unroll, read from the composed config."""
-    from hydra import compose, initialize_config_dir
-
-    from cortexnet.train.app import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return int(compose("config", ["+experiment=maze_recurrent"]).model.num_steps)
 
 
 def report(summaries: dict[str, dict], trained: int) -> str:
@@ -125,10 +84,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for both runs")
     args = parser.parse_args()
     if not args.report:
-        for model, s in train(args.out, args.overrides).items():
+        presets = {m: f"maze_{m}" for m in MODELS}
+        for model, s in run_presets(args.out, presets, args.overrides).items():
             print(f"{model}: {s / 60:.1f} min")
-    summaries = load(args.out)
-    trained = trained_steps()
+    summaries = load_summaries(args.out, MODELS)
+    trained = preset_steps("maze_recurrent")
     print(report(summaries, trained))
     draw(summaries, trained, args.out / "maze_extrapolation.png")
 

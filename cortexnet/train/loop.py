@@ -454,7 +454,8 @@ def _run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None, env) ->
         exit_code = 0
     finally:
         stop.restore()
-        for name, curve in _curves(last).items():
+        curves = _curves(last)
+        for name, curve in curves.items():
             tracker.log_curve(
                 f"{name}/anytime",
                 list(range(1, len(curve) + 1)),
@@ -477,8 +478,8 @@ def _run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None, env) ->
         summary.update(
             {k: v for k, v in last.items() if k.endswith("/acc") or k.startswith("ode/")}
         )
-        if _curves(last):
-            summary["anytime"] = _curves(last)
+        if curves:
+            summary["anytime"] = curves
         tracker.summary({k: v for k, v in summary.items() if not isinstance(v, dict)})
         summary["wandb_dir"] = tracker.run_path
         summary["wandb_mode"] = tracker.mode
@@ -487,8 +488,8 @@ def _run(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None, env) ->
         if env.is_main:
             text = json.dumps(summary, indent=2, default=str) + "\n"
             (run_dir / "summary.json").write_text(text)
-            if _curves(last):
-                _draw_curves(_curves(last), run_dir / "anytime.png", model)
+            if curves:
+                _draw_curves(curves, run_dir / "anytime.png", model)
             if exit_code == 0 and not stop.requested and "stopped_at_epoch" not in summary:
                 marker.unlink(missing_ok=True)
     dist.barrier(env)

@@ -17,10 +17,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def interleaved(
+def interleaved_times(
     contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each contender, timed in interleaved rounds.
+) -> dict[str, list[float]]:
+    """Seconds per call of each contender in every round, timed in interleaved rounds.
 
     Args:
         contenders: name -> a call to time.
@@ -28,7 +28,7 @@ def interleaved(
         warmup: untimed rounds first (allocator, oneDNN primitive caches, compilation).
 
     Returns:
-        name -> median seconds.
+        name -> one time per round.
     """
     for _ in range(warmup):
         for fn in contenders.values():
@@ -42,7 +42,25 @@ def interleaved(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per call of each contender (see :func:`interleaved_times`)."""
+    times = interleaved_times(contenders, rounds, warmup)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def paired_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of ``name``'s time over ``base``'s time in the same round.
+
+    The machine's speed drifts over a run (other tenants, clocks); a ratio taken within one
+    round sees both contenders at nearly the same speed, so its median is steadier than the
+    ratio of two medians.
+    """
+    return statistics.median(a / b for a, b in zip(times[name], times[base]))
 
 
 def matmul_rate(n: int = 2048, reps: int = 5, rounds: int = 3, dtype=torch.float32) -> float:

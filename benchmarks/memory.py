@@ -14,13 +14,15 @@ Two measures, both per training step (forward, mean-square loss, backward):
   includes the recomputation and every temporary. On CUDA the script reads
   ``torch.cuda.max_memory_allocated`` instead.
 
-Times (median of interleaved rounds in this process, checkpointed against plain at each T) show
-what the memory costs.
+Times show what the memory costs: checkpointed and plain steps alternate in interleaved rounds in
+this process, and "time ratio" is the median over rounds of checkpointed time / plain time.
+A stage on its own keeps its last segment (its output goes straight to the loss), so at T steps
+and interval k it recomputes T - k steps.
 
 Run (default: about 2 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/memory.py
-    .venv/bin/python benchmarks/memory.py --steps 64 256 --every 16 --rounds 7
+    .venv/bin/python benchmarks/memory.py --steps 64 --every 4 8 16 --rounds 9 --skip-ode
     .venv/bin/python benchmarks/memory.py --skip-ode --t-end 1 4 16
 """
 
@@ -36,7 +38,7 @@ import threading
 import time
 
 import torch
-from common import interleaved, machine_line, table
+from common import interleaved_times, machine_line, paired_ratio, table
 from torch.autograd.graph import saved_tensors_hooks
 
 from cortexnet.models.blocks import BasicBlock
@@ -132,14 +134,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, nargs="+", default=[8, 32, 64, 128])
-    p.add_argument("--every", type=int, default=0, help="checkpoint interval (0: round(sqrt(T)))")
+    p.add_argument(
+        "--every",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="checkpoint intervals to compare (0: round(sqrt(T)))",
+    )
     p.add_argument("--t-end", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     p.add_argument("--solver", default="rk4")
     p.add_argument("--step-size", type=float, default=0.25, help="fixed-step solvers only")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-ode", action="store_true")
     args = p.parse_args(argv)
@@ -158,27 +166,30 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     x = torch.randn(args.batch, args.width, args.size, args.size, device=device)
     for t in args.steps:
-        every = args.every or max(1, round(math.sqrt(t)))
         plain = dict(base, kind="recurrent", steps=t, every=0)
-        ckpt = dict(plain, every=every)
-        m_plain, m_ckpt = in_child(plain), in_child(ckpt)
-        stages = {"plain": make_stage(plain).to(device), "ckpt": make_stage(ckpt).to(device)}
-        med = interleaved({k: train_step(s, x) for k, s in stages.items()}, args.rounds)
-        rows.append(
-            [
-                t,
-                every,
-                m_plain["saved"] / mb,
-                m_ckpt["saved"] / mb,
-                m_ckpt["saved"] / m_plain["saved"],
-                m_plain["peak"] / mb,
-                m_ckpt["peak"] / mb,
-                m_ckpt["peak"] / max(1, m_plain["peak"]),
-                med["ckpt"] / med["plain"],
-            ]
-        )
+        m_plain = in_child(plain)
+        intervals = sorted({e or max(1, round(math.sqrt(t))) for e in args.every})
+        configs = {e: dict(plain, every=e) for e in intervals}
+        measured = {e: in_child(cfg) for e, cfg in configs.items()}
+        stages = {"plain": make_stage(plain).to(device)}
+        stages.update({e: make_stage(cfg).to(device) for e, cfg in configs.items()})
+        times = interleaved_times({k: train_step(s, x) for k, s in stages.items()}, args.rounds)
+        for e in intervals:
+            rows.append(
+                [
+                    t,
+                    e,
+                    m_plain["saved"] / mb,
+                    measured[e]["saved"] / mb,
+                    measured[e]["saved"] / m_plain["saved"],
+                    m_plain["peak"] / mb,
+                    measured[e]["peak"] / mb,
+                    measured[e]["peak"] / max(1, m_plain["peak"]),
+                    paired_ratio(times, e, "plain"),
+                ]
+            )
         print(f"  T={t} done", file=sys.stderr, flush=True)
-    print(f"\nrecurrent stage, one shared basic block, batch norm; median of {args.rounds} rounds")
+    print(f"\nrecurrent stage, one shared basic block, batch norm; {args.rounds} rounds")
     headers = ["T", "every", "saved MB", "ckpt saved MB", "saved ratio", "peak MB"]
     headers += ["ckpt peak MB", "peak ratio", "time ratio"]
     print(table(rows, headers))

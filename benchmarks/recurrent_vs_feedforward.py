@@ -2,7 +2,8 @@
 
 Both stages apply T basic blocks (the same FLOPs); the recurrent one shares one block's weights
 across all steps, so it has 1/T of the feedforward stage's parameters. A step is forward, a
-mean-square loss, backward and an SGD step, timed in interleaved rounds in one process.
+mean-square loss, backward and an SGD step, timed in interleaved rounds in one process; the times
+are medians over rounds and the time ratio is the median of the per-round ratios.
 
 Run (default: about 1 minute on 2 cores)::
 
@@ -14,9 +15,10 @@ Run (default: about 1 minute on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
-from common import interleaved, machine_line, table
+from common import interleaved_times, machine_line, paired_ratio, table
 
 from cortexnet.models.blocks import BasicBlock
 from cortexnet.models.stages import FeedforwardStage, RecurrentStage
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         rec = RecurrentStage(
             None, [BasicBlock(args.width, args.width, norm=args.norm, num_steps=t)], num_steps=t
         )
-        med = interleaved({"ff": stage_step(ff, x), "rec": stage_step(rec, x)}, args.rounds)
+        times = interleaved_times({"ff": stage_step(ff, x), "rec": stage_step(rec, x)}, args.rounds)
+        med = {k: statistics.median(v) for k, v in times.items()}
         n_ff = sum(p.numel() for p in ff.parameters())
         n_rec = sum(p.numel() for p in rec.parameters())
         rows.append(
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                 t,
                 med["ff"] * 1e3,
                 med["rec"] * 1e3,
-                med["rec"] / med["ff"],
+                paired_ratio(times, "rec", "ff"),
                 n_ff,
                 n_rec,
                 n_rec / n_ff,

@@ -2,9 +2,10 @@
 
 A step is forward, cross-entropy, backward and an SGD step (momentum, weight decay) at batch 128
 on 32x32 inputs. All contenders run in one process in interleaved rounds; the table gives the
-median images/s, the ratio to the plain reference, the FLOPs of a whole step (counted by torch's
-FlopCounterMode over forward, loss and backward) and the achieved FLOP rate as a share of this
-machine's float32 matrix-multiply rate (2048x2048 matmuls).
+median images/s, the speed relative to the plain reference (the median of per-round ratios),
+the FLOPs of a whole step (counted by torch's FlopCounterMode over forward, loss and backward)
+and the achieved FLOP rate as a share of this machine's float32 matrix-multiply rate (2048x2048
+matmuls).
 
 The fast-path rows apply ``cortexnet.train.fastpath.FastPath`` settings (channels-last, compile,
 the foreach optimizer) to the models named by ``--fast-models``. Compiling takes 20-60 s cold on
@@ -20,11 +21,20 @@ Run (default: about 2-3 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import warnings
 
 import torch
-from common import interleaved, machine_line, matmul_rate, step_flops, table, training_step
+from common import (
+    interleaved_times,
+    machine_line,
+    matmul_rate,
+    paired_ratio,
+    step_flops,
+    table,
+    training_step,
+)
 from plain_resnet import PlainResNet20
 
 import cortexnet
@@ -93,15 +103,23 @@ def main(argv: list[str] | None = None) -> None:
         steps[label] = build(name, fast, args.batch)
     # Two warm-up rounds: the first compiles (and fills oneDNN's primitive cache), the second
     # lets a compiled step's guards settle.
-    med = interleaved(steps, args.rounds, warmup=2)
+    times = interleaved_times(steps, args.rounds, warmup=2)
+    med = {label: statistics.median(ts) for label, ts in times.items()}
 
-    base = args.batch / med["plain"]
     out = []
     for label, name, _ in rows:
         ips = args.batch / med[label]
         gflops = flops[name] / med[label] / 1e9
         out.append(
-            [label, params[name], flops[name] / 1e9, ips, ips / base, gflops, gflops * 1e9 / rate]
+            [
+                label,
+                params[name],
+                flops[name] / 1e9,
+                ips,
+                1 / paired_ratio(times, label, "plain"),
+                gflops,
+                gflops * 1e9 / rate,
+            ]
         )
     headers = ["model", "params", "step GFLOP", "img/s", "x plain", "GFLOP/s", "share of matmul"]
     print(f"batch {args.batch}, 32x32, median of {args.rounds} interleaved rounds")

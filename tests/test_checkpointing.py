@@ -83,12 +83,52 @@ def test_plain_forward_keeps_only_the_last_state():
     out = stage(x)
     # Not a view into a stack of all 16 states, which would keep them all alive.
     assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
+    stored_bytes, _ = _saved_bytes(lambda: stage(x))
+    stage.store_last_segment = False
     ckpt_bytes, _ = _saved_bytes(lambda: stage(x))
     stage.checkpoint_every = 0
     plain_bytes, _ = _saved_bytes(lambda: stage(x))
+    segment_bytes, _ = _saved_bytes(lambda: stage(x, 4))
     state = x.numel() * x.element_size()
     assert ckpt_bytes <= 5 * state  # the input and the 4 segment boundaries
     assert ckpt_bytes < plain_bytes / 10
+    # Keeping the last segment adds what plain backprop keeps for its 4 steps, nothing more.
+    assert ckpt_bytes < stored_bytes <= ckpt_bytes + segment_bytes
+
+
+def _recomputed_steps(stage, num_steps: int) -> int:
+    """Block calls made during backward, i.e. the steps that checkpointing recomputed."""
+    calls = []
+    hook = stage.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    out = stage(torch.randn(2, 4, 5, 5, requires_grad=True))
+    forward_calls = len(calls)
+    out.sum().backward()
+    hook.remove()
+    assert forward_calls == num_steps
+    return len(calls) - forward_calls
+
+
+def test_the_last_segment_is_stored_and_a_short_one_comes_first():
+    torch.manual_seed(0)
+    stage = RecurrentStage(None, [BasicBlock(4, 4)], num_steps=10, checkpoint_every=4)
+    # Segments of 2, 4 and 4 steps: the last (4 steps) is kept, the first 6 are recomputed.
+    assert _recomputed_steps(stage, 10) == 6
+    stage.store_last_segment = False
+    assert _recomputed_steps(stage, 10) == 10
+
+
+def test_a_network_stores_the_last_segment_of_its_final_stage_only():
+    plain, ckpt = _twins("recurrent", "batch", every=2)
+    flags = [stage.store_last_segment for stage in ckpt.stages.values()]
+    assert flags == [False] * (len(flags) - 1) + [True]
+    # An earlier stage's kept activations would stay alive through every later stage.
+    stage1 = ckpt.stages["stage1"]
+    calls = []
+    hook = stage1.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    ckpt(torch.randn(4, 1, 6, 6)).sum().backward()
+    hook.remove()
+    steps = stage1.num_steps
+    assert len(calls) == 2 * steps  # every step of stage1 recomputed once
 
 
 def test_feedforward_checkpoint_segment_longer_than_stage():

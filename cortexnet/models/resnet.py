@@ -175,6 +175,8 @@ class ResNet(nn.Module):
                 ode,
             )
             cin = width
+        for stage in list(self.stages.values())[:-1]:
+            stage.store_last_segment = False  # its output has further stages to run through
         self.num_features = cin
         self.final_norm = make_norm(_single_step(norm), cin) if self.preact else None
         if head not in HEADS:

@@ -1,12 +1,13 @@
 """Helpers shared by the benchmark scripts: interleaved timing, training steps, the matmul rate.
 
-Every comparison runs its contenders in one process, in interleaved rounds (A, B, C, A, B, C,
-...), so that a slow-down of the machine during the run hits all of them alike, and reports the
-median of the rounds.
+Every comparison runs its contenders in one process, in interleaved rounds (each round calls
+every contender once, in a fresh order), so that a slow-down of the machine during the run hits
+all of them alike, and reports the median of the rounds.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -34,14 +35,19 @@ def interleaved_times(
         for fn in contenders.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    order = list(contenders.items())
-    for r in range(rounds):
-        # Alternate the order (A B, B A, ...): whichever runs right after another contender pays
-        # for the switch (allocator, caches), and a fixed order would always bill the same one.
-        for name, fn in order if r % 2 == 0 else order[::-1]:
+    order = list(contenders)
+    rng = random.Random(0)
+    for _ in range(rounds):
+        for name in order:
             start = time.perf_counter()
-            fn()
+            contenders[name]()
             times[name].append(time.perf_counter() - start)
+        # A fresh order every round: a contender that runs right after itself (warm allocator
+        # and caches) or always after the same other one would be billed for its neighbours.
+        last = order[-1]
+        rng.shuffle(order)
+        if order[0] == last and len(order) > 1:
+            order.append(order.pop(0))
     return times
 
 

@@ -1,5 +1,6 @@
-"""Peak memory of long unrolls: recurrent stages with and without checkpointing, ODE stages with
-and without the adjoint as the integration time grows.
+"""Peak memory of long unrolls and deep networks: recurrent stages with and without
+checkpointing, a 1000-layer network with and without it, ODE stages with and without the
+adjoint as the integration time grows.
 
 Two measures, both per training step (forward, mean-square loss, backward):
 
@@ -17,12 +18,13 @@ Two measures, both per training step (forward, mean-square loss, backward):
 Times show what the memory costs: checkpointed and plain steps alternate in interleaved rounds in
 this process, and "time ratio" is the median over rounds of checkpointed time / plain time.
 A stage on its own keeps its last segment (its output goes straight to the loss), so at T steps
-and interval k it recomputes T - k steps.
+and interval k it recomputes T - k steps; a network keeps only its final stage's last segment.
 
 Run (default: about 2 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/memory.py
     .venv/bin/python benchmarks/memory.py --steps 64 --every 4 8 16 --rounds 9 --skip-ode
+    .venv/bin/python benchmarks/memory.py --steps 8 --skip-ode --network-every 5 10 37
     .venv/bin/python benchmarks/memory.py --skip-ode --t-end 1 4 16
 """
 
@@ -41,6 +43,7 @@ import torch
 from common import interleaved_times, machine_line, paired_ratio, table
 from torch.autograd.graph import saved_tensors_hooks
 
+import cortexnet
 from cortexnet.models.blocks import BasicBlock
 from cortexnet.models.stages import ODEFunc, ODEStage, RecurrentStage
 
@@ -48,9 +51,11 @@ FIXED_STEP = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams")
 
 
 def make_stage(cfg: dict) -> torch.nn.Module:
-    """A recurrent or ODE stage of width ``cfg['width']`` described by ``cfg``."""
+    """A recurrent or ODE stage of width ``cfg['width']``, or a named network, from ``cfg``."""
     torch.manual_seed(0)
     w = cfg["width"]
+    if cfg["kind"] == "network":
+        return cortexnet.create_model(cfg["model"], checkpoint_every=cfg["every"])
     if cfg["kind"] == "recurrent":
         block = BasicBlock(w, w, norm="batch", num_steps=cfg["steps"])
         return RecurrentStage(None, [block], cfg["steps"], checkpoint_every=cfg["every"])
@@ -59,6 +64,12 @@ def make_stage(cfg: dict) -> torch.nn.Module:
     step_size = cfg["step_size"] if fixed else None
     options = dict(solver=cfg["solver"], rtol=1e-3, atol=1e-3, step_size=step_size)
     return ODEStage(None, func, num_steps=1, t_end=cfg["t_end"], adjoint=cfg["adjoint"], **options)
+
+
+def make_input(cfg: dict, device: torch.device | str) -> torch.Tensor:
+    """A random batch for ``make_stage(cfg)``: images for a network, states for a stage."""
+    channels = 3 if cfg["kind"] == "network" else cfg["width"]
+    return torch.randn(cfg["batch"], channels, cfg["size"], cfg["size"], device=device)
 
 
 def _rss_bytes() -> int:
@@ -71,7 +82,7 @@ def measure(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
     stage = make_stage(cfg).to(device)
-    x = torch.randn(cfg["batch"], cfg["width"], cfg["size"], cfg["size"], device=device)
+    x = make_input(cfg, device)
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -129,6 +140,36 @@ def train_step(stage: torch.nn.Module, x: torch.Tensor):
     return step
 
 
+def compare_checkpointing(plain: dict, intervals: list[int], rounds: int) -> list[list[object]]:
+    """Plain backprop against checkpointing every k steps (or blocks), for each k in intervals.
+
+    Returns one row per interval: k, saved MB plain and checkpointed and their ratio, peak MB
+    plain and checkpointed and their ratio, and the median per-round time ratio.
+    """
+    mb = 2**20
+    intervals = sorted(set(intervals))
+    configs = {e: dict(plain, every=e) for e in intervals}
+    m_plain = in_child(plain)
+    measured = {e: in_child(cfg) for e, cfg in configs.items()}
+    x = make_input(plain, plain["device"])
+    models = {"plain": make_stage(plain).to(plain["device"])}
+    models.update({e: make_stage(cfg).to(plain["device"]) for e, cfg in configs.items()})
+    times = interleaved_times({k: train_step(m, x) for k, m in models.items()}, rounds)
+    return [
+        [
+            e,
+            m_plain["saved"] / mb,
+            measured[e]["saved"] / mb,
+            measured[e]["saved"] / m_plain["saved"],
+            m_plain["peak"] / mb,
+            measured[e]["peak"] / mb,
+            measured[e]["peak"] / max(1, m_plain["peak"]),
+            paired_ratio(times, e, "plain"),
+        ]
+        for e in intervals
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, measure every configuration, print the tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -150,6 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-ode", action="store_true")
+    p.add_argument("--network", default="preact_resnet1001", help="a named model to checkpoint")
+    p.add_argument("--network-batch", type=int, default=8)
+    p.add_argument("--network-every", type=int, nargs="+", default=[10])
+    p.add_argument("--skip-network", action="store_true")
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
@@ -164,35 +209,21 @@ def main(argv: list[str] | None = None) -> None:
     print(f"= {args.batch * args.width * args.size**2 * 4 / mb:.2f} MB")
 
     rows = []
-    x = torch.randn(args.batch, args.width, args.size, args.size, device=device)
     for t in args.steps:
         plain = dict(base, kind="recurrent", steps=t, every=0)
-        m_plain = in_child(plain)
-        intervals = sorted({e or max(1, round(math.sqrt(t))) for e in args.every})
-        configs = {e: dict(plain, every=e) for e in intervals}
-        measured = {e: in_child(cfg) for e, cfg in configs.items()}
-        stages = {"plain": make_stage(plain).to(device)}
-        stages.update({e: make_stage(cfg).to(device) for e, cfg in configs.items()})
-        times = interleaved_times({k: train_step(s, x) for k, s in stages.items()}, args.rounds)
-        for e in intervals:
-            rows.append(
-                [
-                    t,
-                    e,
-                    m_plain["saved"] / mb,
-                    measured[e]["saved"] / mb,
-                    measured[e]["saved"] / m_plain["saved"],
-                    m_plain["peak"] / mb,
-                    measured[e]["peak"] / mb,
-                    measured[e]["peak"] / max(1, m_plain["peak"]),
-                    paired_ratio(times, e, "plain"),
-                ]
-            )
+        intervals = [e or max(1, round(math.sqrt(t))) for e in args.every]
+        rows += [[t, *row] for row in compare_checkpointing(plain, intervals, args.rounds)]
         print(f"  T={t} done", file=sys.stderr, flush=True)
     print(f"\nrecurrent stage, one shared basic block, batch norm; {args.rounds} rounds")
     headers = ["T", "every", "saved MB", "ckpt saved MB", "saved ratio", "peak MB"]
     headers += ["ckpt peak MB", "peak ratio", "time ratio"]
     print(table(rows, headers))
+
+    if not args.skip_network:
+        plain = dict(base, kind="network", model=args.network, every=0, batch=args.network_batch)
+        rows = compare_checkpointing(plain, args.network_every, args.rounds)
+        print(f"\n{args.network}, batch {args.network_batch}, {args.size}x{args.size} images")
+        print(table(rows, headers[1:]))
     if args.skip_ode:
         return
 

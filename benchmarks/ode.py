@@ -16,10 +16,11 @@ Run (default: about 1-2 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import torch.nn.functional as F
-from common import interleaved, machine_line, table
+from common import interleaved_times, machine_line, paired_ratio, table
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
@@ -30,12 +31,12 @@ from cortexnet.models.stages import ODEFunc, ODEStage
 class ReferenceODEFunc(nn.Module):
     """``dh/dt = gn(conv([relu(gn(conv([h, t]))), t]))``, written directly."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, groups: int):
         super().__init__()
         self.conv1 = nn.Conv2d(width + 1, width, 3, padding=1, bias=False)
         self.conv2 = nn.Conv2d(width + 1, width, 3, padding=1, bias=False)
-        self.norm1 = nn.GroupNorm(min(32, width), width)
-        self.norm2 = nn.GroupNorm(min(32, width), width)
+        self.norm1 = nn.GroupNorm(groups, width)
+        self.norm2 = nn.GroupNorm(groups, width)
         self.nfe = 0
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:  # noqa: D102
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     w = args.width
     block = BasicBlock(w, w, norm="group", time_conditioned=True)
-    ref = ReferenceODEFunc(w)
+    ref = ReferenceODEFunc(w, block.norm1.num_groups)
     with torch.no_grad():  # the same ODE: copy cortexnet's weights into the reference
         for name in ("conv1", "conv2", "norm1", "norm2"):
             for q, r in zip(getattr(block, name).parameters(), getattr(ref, name).parameters()):
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             "cx train": run(lambda stage=stage: stage(x), True),
             "ref train": run(ref_forward, True),
         }
-        med = interleaved(contenders, args.rounds)
+        times_s = interleaved_times(contenders, args.rounds)
+        med = {k: statistics.median(v) for k, v in times_s.items()}
         # One counted pass of each for the evaluation counts and the agreement of the results.
         ref.nfe = 0
         out_ref = ref_forward()
@@ -122,10 +124,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"{stage.nfe_backward}/{ref_bwd}",
                 med["cx fwd"] * 1e3,
                 med["ref fwd"] * 1e3,
-                med["cx fwd"] / med["ref fwd"],
+                paired_ratio(times_s, "cx fwd", "ref fwd"),
                 med["cx train"] * 1e3,
                 med["ref train"] * 1e3,
-                med["cx train"] / med["ref train"],
+                paired_ratio(times_s, "cx train", "ref train"),
                 f"{diff:.1e}",
             ]
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -95,8 +95,8 @@ def _check_steps(num_steps: int) -> None:
 
 
 @contextlib.contextmanager
-def _frozen_batch_stats(module: nn.Module) -> Iterator[None]:
-    """Leave every batch norm's running statistics in ``module`` as they were on entry.
+def _frozen_batch_stats(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Leave every batch norm's running statistics in ``modules`` as they were on entry.
 
     Checkpointing recomputes a segment's forward pass during backward; in training mode that
     would fold each batch's statistics into the running averages a second time (and count the
@@ -104,6 +104,7 @@ def _frozen_batch_stats(module: nn.Module) -> Iterator[None]:
     """
     saved = [
         (buf, buf.clone())
+        for module in modules
         for m in module.modules()
         if isinstance(m, _BatchNorm) and m.track_running_stats and m.training
         for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
@@ -124,7 +125,7 @@ def _run_segments(
     h: Tensor,
     num_steps: int,
     every: int,
-    owner: nn.Module,
+    used_by: Callable[[int, int], Iterable[nn.Module]],
     keep_all: bool = True,
     store_last: bool = True,
 ) -> list[Tensor]:
@@ -132,7 +133,7 @@ def _run_segments(
 
     Only segment boundaries keep activations; the rest is recomputed in the backward pass, so
     memory grows with num_steps / every + every instead of num_steps. The recomputation leaves
-    the batch-norm statistics of ``owner`` untouched (see :func:`_frozen_batch_stats`).
+    the batch-norm statistics untouched (see :func:`_frozen_batch_stats`).
 
     The segments are laid out from the end, so that a shorter one (when ``every`` does not divide
     ``num_steps``) comes first. With ``store_last`` the last segment keeps its activations: the
@@ -150,7 +151,9 @@ def _run_segments(
         h: the initial state.
         num_steps: steps to run.
         every: steps per checkpointed segment (0: no checkpointing).
-        owner: the module whose batch norms ``step`` uses.
+        used_by: ``used_by(start, stop)`` gives the modules that steps start..stop-1 run, so
+            that a recomputed segment saves and restores only its own norms' statistics rather
+            than those of a whole 1000-layer stage.
         keep_all: return every state; otherwise only the last, so that no segment has to keep
             its inner states as outputs.
         store_last: keep the last segment's activations instead of recomputing them.
@@ -177,7 +180,10 @@ def _run_segments(
                 segment,
                 h,
                 use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), _frozen_batch_stats(owner)),
+                context_fn=lambda start=start, stop=stop: (
+                    contextlib.nullcontext(),
+                    _frozen_batch_stats(used_by(start, stop)),
+                ),
             )
         else:
             seg = segment(h)
@@ -223,7 +229,7 @@ class FeedforwardStage(Stage):
             h,
             num_steps,
             self.checkpoint_every,
-            self,
+            lambda start, stop: self.blocks[start:stop],
             keep_all,
             self.store_last_segment,
         )
@@ -299,7 +305,13 @@ class RecurrentStage(Stage):
             return h
 
         return _run_segments(
-            step, state, num_steps, self.checkpoint_every, self, keep_all, self.store_last_segment
+            step,
+            state,
+            num_steps,
+            self.checkpoint_every,
+            lambda start, stop: [self],  # the shared blocks serve every step
+            keep_all,
+            self.store_last_segment,
         )
 
 

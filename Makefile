@@ -21,3 +21,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	.venv/bin/ruff check .
+
+# The speed and memory suite at its default sizes (about 10 minutes on 2 CPU cores).
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/recurrent_vs_feedforward.py
+	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/ode.py

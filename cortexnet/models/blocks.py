@@ -111,9 +111,12 @@ class ResidualBlock(nn.Module, metaclass=ABCMeta):
 
     def forward(self, x: Tensor, t: int | Tensor = 0) -> Tensor:  # noqa: D102
         out = x if self.shortcut is None else self.shortcut(x)
-        if self.branch_enabled:
-            out = out + self.branch(x, t)
-        return out if self.preact else F.relu(out)
+        if not self.branch_enabled:
+            return out if self.preact else F.relu(out)
+        out = out + self.branch(x, t)
+        # The sum is a fresh tensor that no backward needs, so the ReLU may overwrite it: one
+        # activation-sized allocation and write less per block.
+        return out if self.preact else F.relu(out, inplace=True)
 
 
 def _step(t: int | Tensor) -> int:
@@ -142,7 +145,8 @@ class BasicBlock(ResidualBlock):
 
     def branch(self, x: Tensor, t: int | Tensor = 0) -> Tensor:  # noqa: D102
         s = _step(t)
-        x = F.relu(self.norm1(self.conv1(x, t), s))
+        # In place: a norm's (or a convolution's) output is not saved for any backward.
+        x = F.relu(self.norm1(self.conv1(x, t), s), inplace=True)
         return self.norm2(self.conv2(x, t), s)
 
 
@@ -169,8 +173,8 @@ class Bottleneck(ResidualBlock):
 
     def branch(self, x: Tensor, t: int | Tensor = 0) -> Tensor:  # noqa: D102
         s = _step(t)
-        x = F.relu(self.norm1(self.conv1(x, t), s))
-        x = F.relu(self.norm2(self.conv2(x, t), s))
+        x = F.relu(self.norm1(self.conv1(x, t), s), inplace=True)
+        x = F.relu(self.norm2(self.conv2(x, t), s), inplace=True)
         return self.norm3(self.conv3(x, t), s)
 
 
@@ -196,8 +200,10 @@ class PreActBasicBlock(ResidualBlock):
 
     def branch(self, x: Tensor, t: int | Tensor = 0) -> Tensor:  # noqa: D102
         s = _step(t)
+        # Only the first ReLU may see the block input itself (norm "none"), so only the later
+        # ones run in place.
         x = self.conv1(F.relu(self.norm1(x, s)), t)
-        return self.conv2(F.relu(self.norm2(x, s)), t)
+        return self.conv2(F.relu(self.norm2(x, s), inplace=True), t)
 
 
 class PreActBottleneck(ResidualBlock):
@@ -226,8 +232,8 @@ class PreActBottleneck(ResidualBlock):
     def branch(self, x: Tensor, t: int | Tensor = 0) -> Tensor:  # noqa: D102
         s = _step(t)
         x = self.conv1(F.relu(self.norm1(x, s)), t)
-        x = self.conv2(F.relu(self.norm2(x, s)), t)
-        return self.conv3(F.relu(self.norm3(x, s)), t)
+        x = self.conv2(F.relu(self.norm2(x, s), inplace=True), t)
+        return self.conv3(F.relu(self.norm3(x, s), inplace=True), t)
 
 
 BLOCK_TYPES: dict[str, type[ResidualBlock]] = {

@@ -51,11 +51,8 @@ def interleaved_times(
     return times
 
 
-def interleaved(
-    contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each contender (see :func:`interleaved_times`)."""
-    times = interleaved_times(contenders, rounds, warmup)
+def medians(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median seconds per call of each contender, from :func:`interleaved_times`."""
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -16,11 +16,10 @@ Run (default: about 1-2 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
-from common import interleaved_times, machine_line, paired_ratio, table
+from common import interleaved_times, machine_line, medians, paired_ratio, table
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             "ref train": run(ref_forward, True),
         }
         times_s = interleaved_times(contenders, args.rounds)
-        med = {k: statistics.median(v) for k, v in times_s.items()}
+        med = medians(times_s)
         # One counted pass of each for the evaluation counts and the agreement of the results.
         ref.nfe = 0
         out_ref = ref_forward()

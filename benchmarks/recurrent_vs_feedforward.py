@@ -16,10 +16,9 @@ Run (default: about 1 minute on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from common import interleaved_times, machine_line, paired_ratio, table
+from common import interleaved_times, machine_line, medians, paired_ratio, table
 
 from cortexnet.models.blocks import BasicBlock
 from cortexnet.models.stages import FeedforwardStage, RecurrentStage
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         times = interleaved_times(
             {"ff": stage_step(ff, x, target), "rec": stage_step(rec, x, target)}, args.rounds
         )
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = medians(times)
         n_ff = sum(p.numel() for p in ff.parameters())
         n_rec = sum(p.numel() for p in rec.parameters())
         rows.append(

@@ -22,7 +22,6 @@ Run (default: about 2-3 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import warnings
 
@@ -31,6 +30,7 @@ from common import (
     interleaved_times,
     machine_line,
     matmul_rate,
+    medians,
     paired_ratio,
     step_flops,
     table,
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     # Two warm-up rounds: the first compiles (and fills oneDNN's primitive cache), the second
     # lets a compiled step's guards settle.
     times = interleaved_times(steps, args.rounds, warmup=2)
-    med = {label: statistics.median(ts) for label, ts in times.items()}
+    med = medians(times)
     rate_after = matmul_rate()
     rate = max(rate_before, rate_after)
 

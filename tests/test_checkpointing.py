@@ -96,16 +96,23 @@ def test_plain_forward_keeps_only_the_last_state():
     assert ckpt_bytes < stored_bytes <= ckpt_bytes + segment_bytes
 
 
-def _recomputed_steps(stage, num_steps: int) -> int:
-    """Block calls made during backward, i.e. the steps that checkpointing recomputed."""
+def _block_calls(block, run) -> tuple[int, int]:
+    """Calls of ``block`` during ``run()``'s forward pass and during its backward pass."""
     calls = []
-    hook = stage.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
-    out = stage(torch.randn(2, 4, 5, 5, requires_grad=True))
+    hook = block.register_forward_pre_hook(lambda *_: calls.append(1))
+    out = run()
     forward_calls = len(calls)
     out.sum().backward()
     hook.remove()
+    return forward_calls, len(calls) - forward_calls
+
+
+def _recomputed_steps(stage, num_steps: int) -> int:
+    """Steps that checkpointing recomputed in backward."""
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    forward_calls, recomputed = _block_calls(stage.blocks[0], lambda: stage(x))
     assert forward_calls == num_steps
-    return len(calls) - forward_calls
+    return recomputed
 
 
 def test_the_last_segment_is_stored_and_a_short_one_comes_first():
@@ -123,12 +130,10 @@ def test_a_network_stores_the_last_segment_of_its_final_stage_only():
     assert flags == [False] * (len(flags) - 1) + [True]
     # An earlier stage's kept activations would stay alive through every later stage.
     stage1 = ckpt.stages["stage1"]
-    calls = []
-    hook = stage1.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
-    ckpt(torch.randn(4, 1, 6, 6)).sum().backward()
-    hook.remove()
+    x = torch.randn(4, 1, 6, 6)
+    forward_calls, recomputed = _block_calls(stage1.blocks[0], lambda: ckpt(x))
     steps = stage1.num_steps
-    assert len(calls) == 2 * steps  # every step of stage1 recomputed once
+    assert forward_calls + recomputed == 2 * steps  # every step of stage1 recomputed once
 
 
 def test_feedforward_checkpoint_segment_longer_than_stage():

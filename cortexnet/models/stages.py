@@ -163,8 +163,8 @@ def _run_segments(
     """
     states: list[Tensor] = []
     use_ckpt = every > 0 and torch.is_grad_enabled()
-    first = (num_steps % every or every) if use_ckpt else num_steps
-    bounds = [0, *range(first, num_steps + 1, every if use_ckpt else num_steps)]
+    seg_len = every if use_ckpt else num_steps
+    bounds = [0, *range(num_steps % seg_len or seg_len, num_steps + 1, seg_len)]
     for start, stop in zip(bounds, bounds[1:]):
 
         def segment(h: Tensor, start: int = start, stop: int = stop) -> tuple[Tensor, ...]:
